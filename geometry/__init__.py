@@ -1,0 +1,1 @@
+"""Pure numpy geometry: frames, transforms, segments, distance fields, sampling kernels."""

@@ -1,0 +1,1 @@
+"""Data files (presets, catalogues, templates, style sheets); read with importlib.resources."""

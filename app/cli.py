@@ -1,0 +1,267 @@
+"""The ``sacroplan`` command line.
+
+``main(argv)`` is what the console script calls and what tests call in-process. Bad input
+gives exit code 2 and one plain line on stderr; an unexpected failure gives exit code 3,
+one line, and the traceback in the log file — never a traceback on the terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from app import __version__
+from app.logs import log_file_path, setup_logging
+from imaging.errors import SacroplanError
+
+log = logging.getLogger("sacroplan.cli")
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_INTERNAL_ERROR = 3
+
+# Options whose value is an "X,Y,Z" point in LPS mm; their values may start with "-".
+POINT_OPTIONS = ("--seed", "--entry", "--target")
+
+
+class UserInputError(SacroplanError):
+    """A command-line argument is malformed."""
+
+
+# ------------------------------------------------------------------------------------------------
+# argument helpers
+def parse_triplet(text: str, *, what: str = "point", positive: bool = False) -> tuple[float, ...]:
+    """Parse ``"X,Y,Z"`` into three floats (mm).
+
+    Raises
+    ------
+    UserInputError
+        When the text is not three comma-separated finite numbers (or not positive when
+        ``positive``).
+    """
+    parts = [p.strip() for p in text.replace(";", ",").split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(v == v and abs(v) != float("inf") for v in values):
+        raise UserInputError(f"{what} must be three numbers X,Y,Z in mm, got {text!r}")
+    if positive and min(values) <= 0:
+        raise UserInputError(f"{what} must be positive, got {text!r}")
+    return values
+
+
+def _join_point_values(argv: Sequence[str]) -> list[str]:
+    """Turn ``--seed -41,2,3`` into ``--seed=-41,2,3`` so argparse accepts negative values."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in POINT_OPTIONS and i + 1 < len(argv):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of exiting, so main() owns the exit code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserInputError(f"{message} (see '{self.prog} --help')")
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# commands
+def _cmd_info(args: argparse.Namespace) -> int:
+    from imaging.read import scan
+
+    path = Path(args.path)
+    if not path.exists():
+        raise UserInputError(f"no such file or folder: {path}")
+    result = scan(path)
+    if args.json:
+        _print_json(result.to_json())
+        return EXIT_OK
+    print(_format_scan(result))
+    return EXIT_OK
+
+
+def _format_scan(result: Any) -> str:
+    lines: list[str] = []
+    if not result.series:
+        lines.append("No loadable image series found.")
+    for n, s in enumerate(result.series, 1):
+        size = "x".join(str(v) for v in s.size)
+        spacing = " x ".join(f"{v:.3g}" for v in s.spacing)
+        origin = ", ".join(f"{v:.2f}" for v in s.origin)
+        lines.append(f"[{n}] {s.modality} {s.description or '(no description)'}")
+        lines.append(f"    patient    {s.patient_name or '-'} ({s.patient_id or '-'})")
+        lines.append(f"    study      {s.study_date or '-'} {s.study_description or ''}".rstrip())
+        lines.append(f"    series     {s.uid}")
+        lines.append(f"    images     {s.n_images}  voxels {size}  spacing {spacing} mm")
+        lines.append(f"    origin     ({origin}) mm LPS, {s.orientation}")
+        lines.extend(f"    warning    {w}" for w in s.warnings)
+    if result.skipped:
+        lines.append(f"Skipped {len(result.skipped)} file(s):")
+        lines.extend(f"    {k.path}: {k.reason}" for k in result.skipped)
+    return "\n".join(lines)
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from imaging.sample import write_sample
+
+    spacing = parse_triplet(args.spacing, what="--spacing", positive=True)
+    written = write_sample(
+        Path(args.out), lesion=args.lesion, modality=args.modality, spacing_mm=spacing
+    )
+    if args.json:
+        _print_json({k: str(v) for k, v in written.items()})
+    else:
+        print(f"Sample phantom ({args.modality.upper()}, lesion {args.lesion}) written:")
+        for key, path in written.items():
+            print(f"    {key:<8} {path}")
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Generate the sample, read it back through the user's reader, and summarise it."""
+    from imaging.read import load, scan
+    from imaging.sample import write_sample
+
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="sacroplan-sample-") as tmp:
+        t0 = time.perf_counter()
+        written = write_sample(Path(tmp), lesion=args.lesion, modality=args.modality)
+        timings["generate_and_write_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result = scan(written["dicom"])
+        volume = load(written["dicom"])
+        timings["read_s"] = time.perf_counter() - t0
+        truth = json.loads(Path(written["truth"]).read_text())
+    summary = {
+        "sample": {"lesion": args.lesion, "modality": args.modality},
+        "series": [s.to_json() for s in result.series],
+        "volume": volume.summary(),
+        "truth": {
+            "lesion": truth.get("lesion"),
+            "s1_endplate": truth.get("s1_endplate"),
+            "n_foramina": len(truth.get("foramina", [])),
+        },
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+    if args.json:
+        _print_json(summary)
+        return EXIT_OK
+    print(_format_demo(summary, volume))
+    return EXIT_OK
+
+
+def _format_demo(summary: dict[str, Any], volume: Any) -> str:
+    v = summary["volume"]
+    lesion = summary["truth"]["lesion"] or {}
+    arr = volume.array
+    lines = [
+        f"sacroplan {__version__} - built-in sample (synthetic sacrum phantom)",
+        f"  study      {volume.meta.get('description') or 'sample'}, modality {v['modality']}",
+        f"  voxels     {' x '.join(map(str, v['size']))} ({v['orientation']}, {v['dtype']})",
+        f"  spacing    {' x '.join(f'{s:.3g}' for s in v['spacing'])} mm",
+        f"  origin     ({', '.join(f'{o:.1f}' for o in v['origin'])}) mm LPS",
+        f"  values     {float(arr.min()):.0f} .. {float(arr.max()):.0f}",
+    ]
+    if lesion:
+        lines.append(
+            f"  lesion     {lesion.get('site')}: {lesion.get('volume_ml', 0):.2f} mL, "
+            f"{lesion.get('max_diameter_mm', 0):.1f} mm, Denis zone {lesion.get('denis_zone')}"
+        )
+    lines.append(f"  foramina   {summary['truth']['n_foramina']} (S1-S4, both sides)")
+    t = summary["timings_s"]
+    lines.append(
+        f"  timings    generate+write {t['generate_and_write_s']:.2f} s, read {t['read_s']:.2f} s"
+    )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# parser
+def _lesion_sites() -> tuple[str, ...]:
+    from imaging.phantom import LESION_SITES
+
+    return tuple(LESION_SITES)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``sacroplan`` with every sub-command."""
+    parser = _Parser(
+        prog="sacroplan",
+        description="Planning workstation for percutaneous sacroplasty (planning aid only).",
+    )
+    parser.add_argument("--version", action="version", version=f"sacroplan {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    p = sub.add_parser("info", help="list the image series in a folder or file")
+    p.add_argument("path", help="DICOM folder, DICOMDIR, DICOM file, or NIfTI/NRRD/MHA file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_cmd_info)
+
+    sites = _lesion_sites()
+    p = sub.add_parser("phantom", help="write the synthetic sample as DICOM with its truth")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--lesion", default="left_ala_s1", choices=sites)
+    p.add_argument("--modality", default="ct", choices=("ct", "mr"))
+    p.add_argument("--spacing", default="1,1,1", help="voxel size X,Y,Z in mm")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser("demo", help="generate the sample, read it back and summarise it")
+    p.add_argument("--lesion", default="left_ala_s1", choices=sites)
+    p.add_argument("--modality", default="ct", choices=("ct", "mr"))
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``sacroplan`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    setup_logging()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(_join_point_values(argv))
+        func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+        if func is None:
+            parser.print_help()
+            return EXIT_OK
+        return func(args)
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    except SacroplanError as exc:
+        sys.stderr.write(f"sacroplan: error: {exc}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("sacroplan: interrupted\n")
+        return 130
+    except Exception as exc:  # last resort: one line here, the traceback in the log
+        log.exception("unexpected failure running %s", argv)
+        sys.stderr.write(
+            f"sacroplan: internal error: {type(exc).__name__}: {exc} "
+            f"(details in {log_file_path()})\n"
+        )
+        return EXIT_INTERNAL_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Atomic writes leave either the old file or the complete new one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imaging.atomic import atomic_path, atomic_write_text
+
+
+def test_atomic_write_replaces_content(tmp_path: Path) -> None:
+    target = tmp_path / "plan.json"
+    target.write_text("old")
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "labels.nii.gz"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        assert tmp.name.endswith(".nii.gz")
+        tmp.write_text("half")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["labels.nii.gz"]

@@ -19,3 +19,19 @@ class SeriesGeometryError(StudyReadError):
 
 class MemoryBudgetError(SacroplanError):
     """A study is larger than the configured memory budget."""
+
+
+class LesionSegmentationError(SacroplanError):
+    """A lesion could not be segmented from the user's seed (bad seed, band or a leak)."""
+
+
+class PlanFileError(SacroplanError):
+    """A file is not a readable sacroplan plan, or a plan could not be saved."""
+
+
+class PlanningParameterError(SacroplanError, ValueError):
+    """A planning parameter (margin, needle, device, lesion size) is unknown or out of range."""
+
+
+class ResourceDataError(SacroplanError):
+    """A data file shipped in ``resources/`` (catalogue, table, defaults) is missing or bad."""

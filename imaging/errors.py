@@ -35,3 +35,11 @@ class PlanningParameterError(SacroplanError, ValueError):
 
 class ResourceDataError(SacroplanError):
     """A data file shipped in ``resources/`` (catalogue, table, defaults) is missing or bad."""
+
+
+class SegmentationError(SacroplanError):
+    """Automatic anatomy could not be found; the user can place landmarks by hand."""
+
+
+class OperationCancelledError(SacroplanError):
+    """A long operation was cancelled by the user."""

@@ -195,12 +195,118 @@ def _format_demo(summary: dict[str, Any], volume: Any) -> str:
     return "\n".join(lines)
 
 
+def _open_case(args: argparse.Namespace) -> Any:
+    from planning.case import Case
+
+    if args.sample:
+        if args.path:
+            raise UserInputError("give either a study PATH or --sample, not both")
+        spacing = parse_triplet(args.spacing, what="--spacing", positive=True)
+        return Case.sample(lesion=args.lesion, modality=args.modality, spacing_mm=spacing)
+    if not args.path:
+        raise UserInputError("give a study PATH (folder, DICOMDIR or file) or --sample")
+    if not Path(args.path).exists():
+        raise UserInputError(f"no such file or folder: {args.path}")
+    return Case.open(args.path, series_uid=args.series)
+
+
+def _seed(args: argparse.Namespace, case: Any) -> Any:
+    if args.seed is not None:
+        return parse_triplet(args.seed, what="--seed")
+    seed = case.default_seed()
+    if seed is None:
+        raise UserInputError("give --seed X,Y,Z: a point inside the lesion, in LPS mm")
+    return seed
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from imaging.atomic import atomic_path
+    from imaging.lesion import GrowOptions
+
+    case = _open_case(args)
+    seed = _seed(args, case)
+    if case.image.modality.upper() == "CT":
+        case.find_anatomy()
+    else:
+        case.notes.append(
+            f"{case.image.modality} study: automatic anatomy needs a CT; place the foramen and "
+            "endplate landmarks in the workstation to get Denis zones and clearances"
+        )
+    band = parse_band(args.band) if args.band else None
+    case.grow_lesion(seed, options=GrowOptions(mode=args.mode, band_hu=band))
+    if args.out_labels:
+        import SimpleITK as sitk
+
+        out = Path(args.out_labels)
+        if not out.parent.exists():
+            raise UserInputError(f"the folder of --out-labels does not exist: {out.parent}")
+        with atomic_path(out) as tmp:
+            sitk.WriteImage(case.label_map().to_sitk(), str(tmp), useCompression=True)
+    report = case.segment_json()
+    if args.json:
+        _print_json(report)
+    else:
+        print(_format_segment(report))
+    return EXIT_OK
+
+
+def parse_band(text: str) -> tuple[float, float]:
+    """Parse ``"LO,HI"`` (HU, or MR units) into a band."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise UserInputError(f"--band must be two numbers LO,HI, got {text!r}") from None
+    return lo, hi
+
+
+def _format_segment(report: dict[str, Any]) -> str:
+    lines = [f"Study: {report['source']} ({report['modality']})"]
+    les = report["lesion"]
+    if les:
+        flags = [k for k, v in les["flags"].items() if v is True]
+        lines.append(
+            f"Lesion: {les['volume_ml']:.2f} mL, largest diameter {les['max_diameter_mm']:.1f} mm,"
+            f" Denis zone {les['denis_zone'] if les['denis_zone'] is not None else '?'}"
+            f" ({les['mode']} mode, band {les['band'][0]:g}..{les['band'][1]:g})"
+        )
+        if les.get("zones_ml"):
+            z = les["zones_ml"]
+            lines.append(
+                f"        by zone: 1 {z['1']:.2f} mL, 2 {z['2']:.2f} mL, 3 {z['3']:.2f} mL"
+            )
+        lines.append(f"        centroid ({', '.join(f'{v:.1f}' for v in les['centroid_lps'])}) mm")
+        lines.append(f"        flags: {', '.join(flags) if flags else 'none'}")
+        lines.extend(f"        warning: {w}" for w in les.get("warnings", []))
+    anat = report["anatomy"]
+    if anat:
+        names = ", ".join(f["name"] for f in anat["foramina"]) or "none"
+        lines.append(f"Anatomy: sacrum {anat.get('sacrum_volume_ml', 0):.1f} mL; foramina {names}")
+        ep = anat["s1_endplate"]
+        lines.append(
+            f"         S1 endplate centre ({', '.join(f'{v:.1f}' for v in ep['center_lps'])}) mm"
+        )
+    lines.extend(f"Note: {n}" for n in report["notes"])
+    t = report["timings_s"]
+    lines.append("Timings: " + ", ".join(f"{k} {v:.2f} s" for k, v in t.items()))
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------
 # parser
 def _lesion_sites() -> tuple[str, ...]:
     from imaging.phantom import LESION_SITES
 
     return tuple(LESION_SITES)
+
+
+def _add_case_options(p: argparse.ArgumentParser, sites: tuple[str, ...]) -> None:
+    p.add_argument("path", nargs="?", help="study folder, DICOMDIR or file")
+    p.add_argument("--sample", action="store_true", help="use the built-in synthetic sample")
+    p.add_argument("--series", help="series UID (or a unique prefix) when the study has several")
+    p.add_argument("--seed", help="a point inside the lesion, X,Y,Z in LPS mm")
+    p.add_argument("--lesion", default="left_ala_s1", choices=sites, help="sample lesion site")
+    p.add_argument("--modality", default="ct", choices=("ct", "mr"), help="sample modality")
+    p.add_argument("--spacing", default="1,1,1", help="sample voxel size X,Y,Z in mm")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,6 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", default="1,1,1", help="voxel size X,Y,Z in mm")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser("segment", help="find the anatomy and grow the lesion from a seed point")
+    _add_case_options(p, sites)
+    p.add_argument("--mode", default="auto", choices=("auto", "lytic", "sclerotic", "mr"))
+    p.add_argument("--band", help="fixed value band LO,HI (HU on CT) instead of the adaptive one")
+    p.add_argument("--out-labels", help="write the label image (.nii.gz) on the study grid")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_segment)
 
     p = sub.add_parser("demo", help="generate the sample, read it back and summarise it")
     p.add_argument("--lesion", default="left_ala_s1", choices=sites)
@@ -251,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SacroplanError as exc:
         sys.stderr.write(f"sacroplan: error: {exc}\n")
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # output piped into `head` and closed early
+        return EXIT_OK
     except KeyboardInterrupt:
         sys.stderr.write("sacroplan: interrupted\n")
         return 130

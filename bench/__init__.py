@@ -1,0 +1,1 @@
+"""Benchmarks (run from the repository root; not part of the installed product)."""

@@ -291,6 +291,76 @@ def _format_segment(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from planning.margins import Margins
+    from planning.plan import save_plan
+    from planning.planner import PlanOptions, plan_case
+
+    case = _open_case(args)
+    seed = _seed(args, case)
+    margins = Margins()
+    if args.margin_mm is not None:
+        margins = margins.with_overrides(foramen_mm=args.margin_mm, canal_mm=args.margin_mm)
+    case.find_anatomy()
+    case.grow_lesion(seed)
+    plan = plan_case(
+        case,
+        options=PlanOptions(needle_id=args.needle, margins=margins, with_rfa=args.rfa),
+    )
+    if args.out:
+        out = Path(args.out)
+        if not out.parent.exists():
+            raise UserInputError(f"the folder of --out does not exist: {out.parent}")
+        plan = save_plan(plan, out)
+    data = plan.to_json()
+    data["timings_s"] = {k: round(v, 3) for k, v in case.timings_s.items()}
+    if args.json:
+        _print_json(data)
+    else:
+        print(_format_plan(data))
+    return EXIT_OK
+
+
+def _format_plan(d: dict[str, Any]) -> str:
+    les = d["lesion"]
+    lines = [
+        f"Lesion: {les['volume_ml']:.2f} mL, {les['max_diameter_mm']:.1f} mm, "
+        f"Denis zone {les['denis_zone']}",
+        "Needles evaluated: " + ", ".join(f"{k} {v}" for k, v in d["evaluated"].items()),
+        "Best per approach:",
+    ]
+    for key, entry in d["best_by_approach"].items():
+        if "candidate" in entry:
+            c = d["candidates"][entry["candidate"]]
+            cl = c["clearance_mm"]
+            lines.append(
+                f"  {key:<17} {c['side']:<6} foramina {cl['foramina']} mm, canal {cl['canal']} mm,"
+                f" bone ahead {c['tip_to_anterior_cortex_mm']} mm, {c['skin_to_target_mm']} mm"
+                f" ({c['needle']})"
+            )
+        else:
+            lines.append(f"  {key:<17} blocked: {'; '.join(entry['blocked_by'])}")
+    sug = d["suggestion"]
+    if sug:
+        c = d["candidates"][sug["candidate"]]
+        lines.append(f"Suggestion: {sug['approach']} ({c['side']}), needle {c['needle']}")
+        lines.extend(f"  - {r}" for r in sug["reasons"])
+        lines.append(f"  C-arm: {c['c_arm']['text']}")
+    else:
+        lines.append("Suggestion: none - no approach is feasible with these margins")
+    cem = d["cement"]
+    if cem:
+        lines.append(
+            f"Cement: {cem['suggested_ml']:.1f} mL (band {cem['band_ml'][0]:.1f}-"
+            f"{cem['band_ml'][1]:.1f} mL, cap {cem['cap_ml']:.1f} mL), predicted filling "
+            f"{100 * cem['predicted_filling']:.0f} %"
+        )
+    if d.get("rfa"):
+        r = d["rfa"]
+        lines.append(f"RFA: {r.get('n_ablations')} ablation(s), safety {r.get('safety')}")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------
 # parser
 def _lesion_sites() -> tuple[str, ...]:
@@ -339,6 +409,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-labels", help="write the label image (.nii.gz) on the study grid")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_segment)
+
+    p = sub.add_parser("plan", help="plan needle trajectories for the lesion at a seed point")
+    _add_case_options(p, sites)
+    p.add_argument("--needle", help="needle id (default: the shortest that reaches)")
+    p.add_argument("--rfa", action="store_true", help="plan radiofrequency ablation too")
+    p.add_argument("--margin-mm", type=float, help="foramen and canal margin, mm (default 2)")
+    p.add_argument("--out", help="save the plan (JSON)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("demo", help="generate the sample, read it back and summarise it")
     p.add_argument("--lesion", default="left_ala_s1", choices=sites)

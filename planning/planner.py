@@ -1,0 +1,838 @@
+"""Trajectory search: candidates per approach, hard constraints, ranking and the suggestion.
+
+Flow: distance fields of the danger zones on the anatomy crop -> for each approach and side,
+travel directions in its cone x tip targets inside the lesion -> skin entry found by marching
+back to the body surface -> every needle scored as a capsule by the compiled kernel -> hard
+constraints (margins, reach, SI joint, entry region) -> ranking -> the best per approach, a
+suggestion with reasons, cement and (optionally) RFA, all in a :class:`~planning.plan.Plan`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from geometry.distance import DistanceField
+from geometry.fieldstack import FieldStack, build_field_stack
+from geometry.kernels import NeedleScores, score_needles, score_one
+from geometry.rays import exit_distance_mm
+from imaging.errors import OperationCancelledError, SacroplanError
+from imaging.labels import Label
+from imaging.volume import Volume
+from planning.anatomy import SacralAnatomy
+from planning.approaches import (
+    Approach,
+    EntryContext,
+    admitted_for_zone,
+    approach_registry,
+    entry_rules_ok,
+)
+from planning.carm import bulls_eye_view
+from planning.case import Case
+from planning.cement import geometric_cement_cap_ml, suggest_cement
+from planning.margins import Margins
+from planning.needles import Needle, get_needle, needle_catalogue
+from planning.plan import Candidate, CaseRef, Clearance, Plan, Suggestion, Trajectory
+from planning.rfa import plan_rfa_for_track
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+FIELD_MARGIN_MM = 25.0  # distance fields are exact this far from each structure
+DANGER_GROWTH_VOXELS = 0.25  # foramina and canal grown by this many voxels (see build_fields)
+TARGET_SPACING_MM = 5.0  # tip targets on this lattice inside the lesion
+TARGET_DEPTH_MM = 2.0  # ... at least this deep inside it
+MAX_TARGETS = 12
+CANDIDATES_PER_APPROACH = 3
+AUTO_NEEDLES = ("13G-100", "15G-138")  # tried in this order when no needle is chosen
+# Ranking weights (a feasible needle's score is their weighted sum, each term in 0..1).
+W_CLEARANCE, CLEARANCE_SATURATION_MM = 0.35, 10.0
+W_LENGTH = 0.2
+W_CENTRING = 0.2
+W_PREFERENCE = 0.25
+
+
+class PlanningError(SacroplanError):
+    """Planning cannot run (no anatomy, no lesion)."""
+
+
+@dataclass
+class ApproachResult:
+    """All needles evaluated for one approach (both sides together)."""
+
+    approach: Approach
+    sides: np.ndarray  # (N,) str
+    entries: np.ndarray  # (N, 3) skin entries, mm LPS
+    tips: np.ndarray  # (N, 3)
+    scores: NeedleScores | None
+    feasible: np.ndarray  # (N,) bool
+    rank: np.ndarray  # (N,) float, -inf where infeasible
+    needles: list[str] = field(default_factory=list)
+    blocked_by: list[str] = field(default_factory=list)
+
+
+# -- fields ------------------------------------------------------------------------------------
+def build_fields(case: Case) -> FieldStack:
+    """Distance fields of the sacrum, foramina, canal, SI joints, ilia, pelvic side and lesion.
+
+    All on the anatomy crop grid, in mm (spacing and direction honoured).
+
+    Raises
+    ------
+    PlanningError
+        No anatomy or no lesion yet.
+    """
+    if case.masks is None or case.lesion is None:
+        raise PlanningError("plan after the anatomy and the lesion: run both first")
+    m = case.masks
+    crop = m.image
+    geo = {"origin": crop.origin, "spacing": crop.spacing, "direction": crop.direction}
+
+    def field_of(mask: np.ndarray) -> DistanceField:
+        return DistanceField.from_mask(mask, crop_margin_mm=FIELD_MARGIN_MM, **geo)
+
+    # A mask's surface lies within half a voxel of the true surface, with no bias on average;
+    # danger zones are grown by a quarter voxel so that clearances lean to the safe side
+    # without swamping them (DANGER_GROWTH_VOXELS).
+    voxel_bound = DANGER_GROWTH_VOXELS * float(np.max(crop.spacing))
+
+    def danger_field_of(mask: np.ndarray) -> DistanceField:
+        f = field_of(mask)
+        return DistanceField(
+            f.values - np.float32(voxel_bound),
+            f.origin,
+            f.spacing,
+            f.direction,
+            exact_within_mm=f.exact_within_mm,
+        )
+
+    lesion = _crop_of(case.lesion.mask.array > 0, m.crop_index, crop.array.shape)
+    sacrum = m.masks["sacrum"] | lesion
+    foramina = {
+        f.name: danger_field_of(m.masks["foramina"] == f.label) for f in m.foramina if f.label > 0
+    }
+    return build_field_stack(
+        sacrum=field_of(sacrum),
+        foramina=foramina or None,
+        canal=danger_field_of(m.masks["canal"]),
+        pelvic_side=field_of(_pelvic_side(sacrum, m.masks["anterior_cortex"], crop.spacing)),
+        si_joint=field_of(m.masks["si_joint_left"] | m.masks["si_joint_right"]),
+        ilium=field_of(m.masks["left_ilium"] | m.masks["right_ilium"]),
+        lesion=field_of(lesion),
+    )
+
+
+def _crop_of(
+    full: np.ndarray, crop_index: tuple[int, int, int], shape: tuple[int, ...]
+) -> np.ndarray:
+    i0, j0, k0 = crop_index
+    k, j, i = shape
+    return np.ascontiguousarray(full[k0 : k0 + k, j0 : j0 + j, i0 : i0 + i])
+
+
+def _pelvic_side(
+    sacrum: np.ndarray, anterior_cortex: np.ndarray, spacing: np.ndarray
+) -> np.ndarray:
+    """The space in front of the sacrum: outside voxels whose nearest bone is anterior cortex."""
+    if not anterior_cortex.any():
+        return np.zeros_like(sacrum)
+    idx = ndi.distance_transform_edt(
+        ~sacrum, sampling=spacing[::-1], return_distances=False, return_indices=True
+    )
+    nearest_anterior = anterior_cortex[idx[0], idx[1], idx[2]]
+    return nearest_anterior & ~sacrum
+
+
+# -- candidates --------------------------------------------------------------------------------
+def lesion_targets(case: Case) -> np.ndarray:
+    """Tip targets (T, 3), mm LPS: the lesion centroid, then lattice points deep inside it."""
+    assert case.lesion is not None and case.metrics is not None
+    mask = case.lesion.mask
+    inside = mask.array > 0
+    kji = np.argwhere(inside)
+    lo, hi = kji.min(axis=0), kji.max(axis=0) + 1
+    sub = inside[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    depth = ndi.distance_transform_edt(np.pad(sub, 1), sampling=mask.spacing[::-1])[
+        1:-1, 1:-1, 1:-1
+    ]
+    step = np.maximum(1, np.round(TARGET_SPACING_MM / mask.spacing[::-1]).astype(int))
+    lattice = np.zeros_like(sub)
+    lattice[:: step[0], :: step[1], :: step[2]] = True
+    pick = np.argwhere(lattice & (depth >= TARGET_DEPTH_MM)) + lo
+    points = mask.index_to_world(pick[:, ::-1].astype(np.float64))
+    centroid = np.asarray(case.metrics.centroid_lps, dtype=np.float64)
+    if len(points) > MAX_TARGETS - 1:
+        order = np.argsort(np.linalg.norm(points - centroid, axis=1))
+        points = points[order[: MAX_TARGETS - 1]]
+    c_ijk = np.round(mask.world_to_index(centroid)).astype(int)
+    centroid_inside = bool(
+        np.all((c_ijk >= 0) & (c_ijk < mask.size)) and inside[c_ijk[2], c_ijk[1], c_ijk[0]]
+    )
+    head = [centroid] if centroid_inside or not len(points) else []
+    return np.vstack([*head, points]) if len(points) else np.asarray(head)
+
+
+def body_mask(image: Volume) -> Volume:
+    """The patient's body (skin inward, cavities filled) on a 2x coarser grid."""
+    arr = image.array[::2, ::2, ::2]
+    if image.modality.upper() == "CT":
+        solid = arr > -400
+    else:
+        hi = float(np.percentile(arr, 99.5))
+        solid = arr > 0.08 * hi
+    labels, n = ndi.label(solid)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        solid = labels == int(np.argmax(sizes))
+    filled = ndi.binary_fill_holes(solid)
+    for k in range(filled.shape[0]):  # axial holes open at the ends of the scan (bowel gas)
+        filled[k] = ndi.binary_fill_holes(filled[k])
+    coarse = Volume(
+        filled.astype(np.uint8),
+        image.origin,
+        image.spacing * 2,
+        image.direction,
+        modality="LABEL",
+    )
+    return coarse
+
+
+def _world_to_index(volume: Volume) -> np.ndarray:
+    m = np.linalg.inv(volume.direction * volume.spacing[np.newaxis, :])
+    return np.hstack([m, (-m @ volume.origin)[:, None]])
+
+
+def _entry_context(
+    anatomy: SacralAnatomy, entries: np.ndarray, tips: np.ndarray, side: str
+) -> EntryContext:
+    frame = anatomy.frame
+    levels = sorted(anatomy.denis_levels, key=lambda d: d.z_mm)
+    zs = np.array([d.z_mm for d in levels])
+    medial = np.array([d.medial_mm for d in levels])
+    lateral = np.array([d.lateral_mm for d in levels])
+    mid_x = float(getattr(anatomy, "_mid_x", 0.0))
+
+    def to_frame(p: np.ndarray) -> np.ndarray:
+        f = frame.to_frame(p)
+        f[:, 0] -= mid_x
+        return f
+
+    s2 = [d.z_mm for d in levels if d.level == "S2"]
+    return EntryContext(
+        entry=to_frame(entries),
+        target=to_frame(tips),
+        side_sign={"left": 1.0, "right": -1.0}.get(side, 0.0),
+        foramen_medial_x=lambda z: np.interp(z, zs, medial),
+        foramen_lateral_x=lambda z: np.interp(z, zs, lateral),
+        s2_z=float(s2[0]) if s2 else float(np.median(zs)),
+    )
+
+
+def _bone_entry_distance(case: Case, entries: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+    """Distance (mm) from each skin entry along its direction to the first bone voxel."""
+    labels = case.label_map()
+    outside_bone = ~np.isin(
+        labels.array, (Label.SACRUM, Label.LEFT_ILIUM, Label.RIGHT_ILIUM, Label.LESION)
+    )
+    return exit_distance_mm(
+        outside_bone, _world_to_index(labels), entries, dirs, step_mm=0.5, max_mm=300.0
+    )
+
+
+# -- the search --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlanOptions:
+    """What the user chose: needle (None = automatic), margins, ablation."""
+
+    needle_id: str | None = None
+    margins: Margins = field(default_factory=Margins)
+    with_rfa: bool = False
+    rfa_device: str = "17G-rfa-20"
+
+
+def plan_case(
+    case: Case,
+    *,
+    options: PlanOptions = PlanOptions(),  # noqa: B008 (frozen)
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> Plan:
+    """Search every approach for the case's lesion and build the plan.
+
+    Raises
+    ------
+    PlanningError
+        No anatomy or lesion yet.
+    OperationCancelledError
+        ``cancel()`` returned True.
+    """
+    if case.anatomy is None or case.masks is None or case.lesion is None or case.metrics is None:
+        raise PlanningError("plan after the anatomy and the lesion: run both first")
+    report = progress or (lambda _f, _s: None)
+    t0 = time.perf_counter()
+    report(0.0, "distance fields")
+    stack = build_fields(case)
+    body = body_mask(case.image)
+    targets = lesion_targets(case)
+    needles = _needle_choices(options.needle_id)
+    radius = max(n.radius_mm for n in needles)
+    centroid = np.asarray(case.metrics.centroid_lps, dtype=np.float64)
+    zone = case.metrics.denis_zone
+    results: dict[str, ApproachResult] = {}
+    registry = approach_registry()
+    for n, approach in enumerate(registry.values()):
+        if cancel is not None and cancel():
+            raise OperationCancelledError("planning was cancelled")
+        report(0.1 + 0.8 * n / len(registry), f"searching {approach.label}")
+        results[approach.key] = _search_approach(
+            case, approach, stack, body, targets, centroid, needles, radius, options.margins, zone
+        )
+    report(0.9, "suggestion")
+    plan = _assemble_plan(case, results, stack, options, needles, zone)
+    case.timings_s["plan"] = time.perf_counter() - t0
+    report(1.0, "done")
+    return plan
+
+
+def _needle_choices(needle_id: str | None) -> list[Needle]:
+    if needle_id is not None:
+        return [get_needle(needle_id)]
+    known = {n.id for n in needle_catalogue()}
+    return [get_needle(i) for i in AUTO_NEEDLES if i in known]
+
+
+def _search_approach(
+    case: Case,
+    approach: Approach,
+    stack: FieldStack,
+    body: Volume,
+    targets: np.ndarray,
+    centroid: np.ndarray,
+    needles: list[Needle],
+    radius_mm: float,
+    margins: Margins,
+    zone: int | None,
+) -> ApproachResult:
+    assert case.anatomy is not None
+    entries_l, tips_l, sides_l, dirs_l = [], [], [], []
+    for side in _sides_for(approach, case, zone):
+        dirs = approach.directions(side, _axes(case.anatomy))
+        d = np.repeat(dirs, len(targets), axis=0)
+        t = np.tile(targets, (len(dirs), 1))
+        back = exit_distance_mm(body.array, _world_to_index(body), t, -d, step_mm=1.0, max_mm=350.0)
+        ok = np.isfinite(back)
+        entries_l.append(t[ok] - back[ok, None] * d[ok])
+        tips_l.append(t[ok])
+        dirs_l.append(d[ok])
+        sides_l.append(np.full(int(ok.sum()), side))
+    entries = np.vstack(entries_l)
+    tips = np.vstack(tips_l)
+    dirs = np.vstack(dirs_l)
+    sides = np.concatenate(sides_l)
+    if not len(entries):
+        return ApproachResult(
+            approach,
+            sides,
+            entries,
+            tips,
+            None,
+            np.zeros(0, bool),
+            np.zeros(0),
+            blocked_by=["no straight path from the skin"],
+        )
+    scores = score_needles(entries, tips, stack, radius_mm=radius_mm, lesion_centroid=centroid)
+    bone_at = _bone_entry_distance(case, entries, dirs)
+    bone_entry = entries + np.nan_to_num(bone_at)[:, None] * dirs
+    rules_ok = np.zeros(len(entries), bool)
+    for side in np.unique(sides):
+        sel = sides == side
+        ctx = _entry_context(case.anatomy, bone_entry[sel], tips[sel], side)
+        rules_ok[sel] = entry_rules_ok(approach, ctx)
+    reach_mm = max(n.working_length_mm for n in needles)
+    slack = _slacks(scores, approach, margins, reach_mm, rules_ok)
+    feasible = np.all([s >= 0 for s in slack.values()], axis=0)
+    rank = np.where(feasible, _rank(scores, approach, reach_mm, case, zone), -np.inf)
+    result = ApproachResult(approach, sides, entries, tips, scores, feasible, rank)
+    if not feasible.any():
+        result.blocked_by = _blocked_reasons(slack, scores, margins)
+    return result
+
+
+def _sides_for(approach: Approach, case: Case, zone: int | None) -> tuple[str, ...]:
+    """An approach that must enter on the lesion's side is only tried on that side when the
+    lesion lies lateral (zones 1 and 2); a midline lesion is tried from both sides."""
+    if "same_side" not in approach.entry_rules or zone not in (1, 2):
+        return approach.sides
+    assert case.anatomy is not None and case.metrics is not None
+    x = case.anatomy.frame.to_frame(np.asarray(case.metrics.centroid_lps)[None, :])[0, 0]
+    x -= float(getattr(case.anatomy, "_mid_x", 0.0))
+    side = "left" if x > 0 else "right"
+    return (side,) if side in approach.sides else approach.sides
+
+
+def _axes(anatomy: SacralAnatomy) -> Any:
+    from planning.approaches import SacralAxes
+
+    f = anatomy.frame
+    return SacralAxes(np.asarray(f.origin), f.e_x, f.e_y, f.e_z)
+
+
+def _slacks(
+    s: NeedleScores, approach: Approach, margins: Margins, reach_mm: float, rules_ok: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per constraint, how much each needle has to spare (>= 0 passes), mm or +-1."""
+    flag = lambda ok: np.where(ok, 1.0, -1.0)  # noqa: E731
+    out = {
+        "foramina": np.nan_to_num(s.nearest_foramen_clearance_mm, nan=99.0) - margins.foramen_mm,
+        "canal": np.nan_to_num(s.canal_clearance_mm, nan=99.0) - margins.canal_mm,
+        "anterior_cortex": np.where(
+            s.tip_in_bone, np.nan_to_num(s.bone_ahead_mm, posinf=99.0, nan=0.0), -1.0
+        )
+        - margins.anterior_cortex_mm,
+        "reach": reach_mm - s.length_mm,
+        "entry": flag(rules_ok),
+    }
+    if not margins.allow_anterior_exit:
+        out["anterior_exit"] = flag(~s.exits_anterior)
+    if margins.si_joint_only_transiliac and not approach.may_cross_si_joint:
+        out["si_joint"] = flag(~s.crosses_si_joint)
+    return out
+
+
+def _rank(
+    s: NeedleScores, approach: Approach, reach_mm: float, case: Case, zone: int | None
+) -> np.ndarray:
+    assert case.metrics is not None
+    clear = np.minimum(
+        np.nan_to_num(s.nearest_foramen_clearance_mm, nan=99.0),
+        np.nan_to_num(s.canal_clearance_mm, nan=99.0),
+    )
+    radius = max(case.metrics.max_diameter_mm / 2.0, 1.0)
+    centring = 1.0 - np.clip(np.nan_to_num(s.tip_to_lesion_centroid_mm, nan=radius) / radius, 0, 1)
+    preference = approach.preference * (1.0 if zone is None or zone in approach.zones else 0.3)
+    return (
+        W_CLEARANCE * np.clip(clear / CLEARANCE_SATURATION_MM, 0, 1)
+        + W_LENGTH * (1.0 - np.clip(s.length_mm / reach_mm, 0, 1))
+        + W_CENTRING * centring
+        + W_PREFERENCE * preference
+    )
+
+
+_CONSTRAINT_TEXT = {
+    "foramina": "stays {value:.1f} mm from the nearest foramen (margin {margin:.1f} mm)",
+    "canal": "stays {value:.1f} mm from the canal (margin {margin:.1f} mm)",
+    "anterior_cortex": "leaves {value:.1f} mm of bone ahead of the tip (margin {margin:.1f} mm)",
+    "reach": "is {value:.0f} mm from skin to tip, beyond the needle's reach ({margin:.0f} mm)",
+    "entry": "does not enter in the approach's region",
+    "anterior_exit": "leaves the sacrum through its anterior cortex",
+    "si_joint": "crosses the SI joint (only the transiliac approach may)",
+}
+
+
+def _blocked_reasons(slack: dict[str, np.ndarray], s: NeedleScores, margins: Margins) -> list[str]:
+    """Which constraints block the approach: those no needle meets, else the closest miss."""
+    margin_of = {
+        "foramina": margins.foramen_mm,
+        "canal": margins.canal_mm,
+        "anterior_cortex": margins.anterior_cortex_mm,
+    }
+    reasons = []
+    for name, values in slack.items():
+        if values.max() < 0:
+            best = int(np.argmax(values))
+            reasons.append("every needle " + _describe(name, values[best], s, best, margin_of))
+    if reasons:
+        return reasons
+    worst = np.min(
+        np.vstack(
+            [
+                v / (1.0 if k in ("entry", "anterior_exit", "si_joint") else 5.0)
+                for k, v in slack.items()
+            ]
+        ),
+        axis=0,
+    )
+    best = int(np.argmax(worst))
+    misses = [
+        _describe(name, values[best], s, best, margin_of)
+        for name, values in slack.items()
+        if values[best] < 0
+    ]
+    return ["no needle meets every constraint at once; the closest " + "; ".join(misses)]
+
+
+def _describe(name: str, slack: float, s: NeedleScores, i: int, margin_of: dict[str, float]) -> str:
+    if name == "reach":
+        return _CONSTRAINT_TEXT[name].format(value=s.length_mm[i], margin=s.length_mm[i] + slack)
+    if name in margin_of:
+        value = slack + margin_of[name]
+        text = _CONSTRAINT_TEXT[name].format(value=value, margin=margin_of[name])
+        if name == "foramina" and s.nearest_foramen[i] >= 0:
+            text = text.replace(
+                "the nearest foramen", f"the {s.foramen_names[s.nearest_foramen[i]]} foramen"
+            )
+        return f"{text}, {-slack:.1f} mm short"
+    return _CONSTRAINT_TEXT[name]
+
+
+# -- assembling the plan -----------------------------------------------------------------------
+def _pick(result: ApproachResult) -> list[int]:
+    """Indices of the candidates to keep: the best few feasible (distinct), else the closest."""
+    if result.scores is None or not len(result.rank):
+        return []
+    if not result.feasible.any():
+        return []
+    order = np.argsort(-result.rank)
+    chosen: list[int] = []
+    for i in order:
+        if not result.feasible[i]:
+            break
+        if all(
+            result.sides[i] != result.sides[j]
+            or np.linalg.norm(result.tips[i] - result.tips[j]) > 4.0
+            or np.linalg.norm(result.entries[i] - result.entries[j]) > 15.0
+            for j in chosen
+        ):
+            chosen.append(int(i))
+        if len(chosen) == CANDIDATES_PER_APPROACH:
+            break
+    return chosen
+
+
+def _needle_for(length_mm: float, needles: list[Needle]) -> Needle:
+    for n in needles:
+        if length_mm <= n.working_length_mm:
+            return n
+    return needles[-1]
+
+
+def score_trajectory(
+    entry_lps: np.ndarray,
+    target_lps: np.ndarray,
+    needle: Needle | str,
+    *,
+    fields: FieldStack,
+    margins: Margins = Margins(),  # noqa: B008 (frozen)
+    approach: str | None = None,
+    lesion_centroid: np.ndarray | None = None,
+    side: str | None = None,
+    bone_entry_lps: np.ndarray | None = None,
+) -> Candidate:
+    """Re-score one needle (e.g. while the user drags a handle); well under 5 ms.
+
+    Parameters
+    ----------
+    entry_lps, target_lps : (3,) float ndarray, mm, LPS
+        Skin entry and tip.
+    needle : Needle or str
+        The needle (its outer radius sets the clearances; its working length the reach).
+    fields : FieldStack
+        From :func:`build_fields`.
+    margins : Margins
+    approach : str, optional
+        Approach key, for the SI-joint rule (only ``"transiliac"`` may cross it).
+
+    Returns
+    -------
+    Candidate
+        Clearances, lengths, flags, feasibility with violations, bull's-eye C-arm view.
+    """
+    n = get_needle(needle) if isinstance(needle, str) else needle
+    entry = np.asarray(entry_lps, dtype=np.float64)
+    tip = np.asarray(target_lps, dtype=np.float64)
+    s = score_one(entry, tip, fields, radius_mm=n.radius_mm, lesion_centroid=lesion_centroid)
+    may_cross = approach is not None and approach_registry()[approach].may_cross_si_joint
+    violations = _violations(s, 0, n, margins, may_cross=may_cross)
+    return _candidate(
+        s,
+        0,
+        approach=approach or "manual",
+        side=side,
+        needle=n,
+        entry=entry,
+        tip=tip,
+        bone_entry=bone_entry_lps,
+        violations=violations,
+        score=None,
+    )
+
+
+def _violations(
+    s: NeedleScores, i: int, needle: Needle, margins: Margins, *, may_cross: bool
+) -> list[str]:
+    out = []
+    f = float(np.nan_to_num(s.nearest_foramen_clearance_mm[i], nan=99.0))
+    if f < margins.foramen_mm:
+        name = s.foramen_names[s.nearest_foramen[i]] if s.nearest_foramen[i] >= 0 else "a"
+        out.append(f"{f:.1f} mm from the {name} foramen (margin {margins.foramen_mm:.1f} mm)")
+    c = float(np.nan_to_num(s.canal_clearance_mm[i], nan=99.0))
+    if c < margins.canal_mm:
+        out.append(f"{c:.1f} mm from the canal (margin {margins.canal_mm:.1f} mm)")
+    ahead = float(s.bone_ahead_mm[i]) if s.tip_in_bone[i] else 0.0
+    if ahead < margins.anterior_cortex_mm:
+        where = "the tip is outside bone" if not s.tip_in_bone[i] else f"{ahead:.1f} mm of bone"
+        out.append(f"{where} ahead of the tip (margin {margins.anterior_cortex_mm:.1f} mm)")
+    if s.exits_anterior[i] and not margins.allow_anterior_exit:
+        out.append("leaves the sacrum through its anterior cortex")
+    if s.crosses_si_joint[i] and margins.si_joint_only_transiliac and not may_cross:
+        out.append("crosses the SI joint (only the transiliac approach may)")
+    if s.length_mm[i] > needle.working_length_mm:
+        out.append(
+            f"{s.length_mm[i]:.0f} mm from skin to tip, beyond the {needle.label}'s "
+            f"{needle.working_length_mm:.0f} mm reach"
+        )
+    return out
+
+
+def _num(v: float) -> float | None:
+    v = float(v)
+    return round(v, 2) if np.isfinite(v) else None
+
+
+def _candidate(
+    s: NeedleScores,
+    i: int,
+    *,
+    approach: str,
+    side: str | None,
+    needle: Needle,
+    entry: np.ndarray,
+    tip: np.ndarray,
+    bone_entry: np.ndarray | None,
+    violations: list[str],
+    score: float | None,
+) -> Candidate:
+    by = {
+        name: round(float(s.foramen_clearance_mm[i, k]), 2)
+        for k, name in enumerate(s.foramen_names)
+        if np.isfinite(s.foramen_clearance_mm[i, k])
+    }
+    ahead = float(s.bone_ahead_mm[i]) if s.tip_in_bone[i] else 0.0
+    return Candidate(
+        approach=approach,
+        side=side,
+        skin_entry_lps=tuple(round(float(v), 2) for v in entry),  # type: ignore[arg-type]
+        bone_entry_lps=None
+        if bone_entry is None
+        else tuple(round(float(v), 2) for v in bone_entry),  # type: ignore[arg-type]
+        target_lps=tuple(round(float(v), 2) for v in tip),  # type: ignore[arg-type]
+        needle=needle.id,
+        needle_od_mm=needle.outer_diameter_mm,
+        skin_to_target_mm=round(float(s.length_mm[i]), 1),
+        in_bone_mm=round(float(s.in_bone_length_mm[i]), 1),
+        clearance_mm=Clearance(
+            foramina=_num(s.nearest_foramen_clearance_mm[i]),
+            by_foramen=by,
+            canal=_num(s.canal_clearance_mm[i]),
+        ),
+        tip_to_anterior_cortex_mm=_num(min(ahead, 999.0)),
+        exits_anterior=bool(s.exits_anterior[i]),
+        si_joint_crossed=bool(s.crosses_si_joint[i]),
+        feasible=not violations,
+        violations=tuple(violations),
+        score=None if score is None else round(float(score), 4),
+        c_arm=bulls_eye_view(entry, tip),
+    )
+
+
+def _assemble_plan(
+    case: Case,
+    results: dict[str, ApproachResult],
+    stack: FieldStack,
+    options: PlanOptions,
+    needles: list[Needle],
+    zone: int | None,
+) -> Plan:
+    assert case.metrics is not None and case.lesion is not None and case.anatomy is not None
+    centroid = np.asarray(case.metrics.centroid_lps, dtype=np.float64)
+    candidates: list[Candidate] = []
+    best: dict[str, dict[str, Any]] = {}
+    for key, r in results.items():
+        picked = _pick(r)
+        if not picked:
+            best[key] = {"blocked_by": r.blocked_by or ["no feasible needle"]}
+            continue
+        for n_pick, i in enumerate(picked):
+            needle = _needle_for(float(r.scores.length_mm[i]), needles)  # type: ignore[union-attr]
+            dirn = r.tips[i] - r.entries[i]
+            dirn /= np.linalg.norm(dirn)
+            bone_at = _bone_entry_distance(case, r.entries[i : i + 1], dirn[None, :])[0]
+            bone_entry = None if not np.isfinite(bone_at) else r.entries[i] + bone_at * dirn
+            cand = score_trajectory(
+                r.entries[i],
+                r.tips[i],
+                needle,
+                fields=stack,
+                margins=options.margins,
+                approach=key,
+                lesion_centroid=centroid,
+                side=str(r.sides[i]),
+                bone_entry_lps=bone_entry,
+            )
+            cand = _with_score(cand, float(r.rank[i]))
+            if n_pick == 0:
+                best[key] = {"candidate": len(candidates)}
+            candidates.append(cand)
+        if not candidates[best[key]["candidate"]].feasible:
+            # the exact needle's re-score disagrees: report it honestly
+            best[key] = {"blocked_by": list(candidates[best[key]["candidate"]].violations)}
+    suggestion = _suggest(candidates, best, results, zone)
+    trajectories: tuple[Trajectory, ...] = ()
+    chosen = None
+    if suggestion is not None:
+        chosen = candidates[suggestion.candidate]
+        trajectories = (
+            Trajectory(
+                entry_lps=chosen.skin_entry_lps,
+                target_lps=chosen.target_lps,
+                needle=chosen.needle,
+                approach=chosen.approach,
+                source="suggested",
+            ),
+        )
+    cement = _cement(case, stack, options)
+    rfa = _rfa(case, chosen, options) if options.with_rfa and chosen is not None else None
+    lesion = case.metrics.to_json()
+    lesion["seed_lps"] = [float(v) for v in case.lesion.seed_lps]
+    lesion["mode"] = case.lesion.mode_used
+    meta = case.image.meta
+    return Plan(
+        case=CaseRef(
+            source_path=case.source,
+            series_uid=meta.get("series_uid"),
+            patient_name=meta.get("patient_name"),
+            patient_id=meta.get("patient_id"),
+            study_date=meta.get("study_date"),
+        ),
+        anatomy=case.anatomy_json() or {},
+        lesion=lesion,
+        margins=options.margins,
+        needle=chosen.needle if chosen is not None else needles[0].id,
+        evaluated={k: int(len(r.entries)) for k, r in results.items()},
+        candidates=tuple(candidates),
+        best_by_approach=best,
+        suggestion=suggestion,
+        trajectories=trajectories,
+        cement=cement,
+        rfa=rfa,
+    )
+
+
+def _with_score(c: Candidate, score: float) -> Candidate:
+    import dataclasses
+
+    return dataclasses.replace(c, score=round(score, 4) if c.feasible else None)
+
+
+def _suggest(
+    candidates: list[Candidate],
+    best: dict[str, dict[str, Any]],
+    results: dict[str, ApproachResult],
+    zone: int | None,
+) -> Suggestion | None:
+    admitted = set(admitted_for_zone(zone))
+    feasible = {k: v["candidate"] for k, v in best.items() if "candidate" in v}
+    pool = {k: i for k, i in feasible.items() if k in admitted} or feasible
+    if not pool:
+        return None
+    key = max(pool, key=lambda k: candidates[pool[k]].score or -1.0)
+    c = candidates[pool[key]]
+    label = results[key].approach.label
+    reasons = [_why(label, c)]
+    if key not in admitted:
+        reasons.append(
+            f"none of the approaches the cohort rule favours for a zone {zone} lesion is feasible"
+        )
+    else:
+        reasons.append(_zone_rule(zone))
+    for other, entry in best.items():
+        if other == key:
+            continue
+        other_label = results[other].approach.label
+        if "blocked_by" in entry:
+            reasons.append(f"{other_label} rejected: {entry['blocked_by'][0]}")
+        else:
+            oc = candidates[entry["candidate"]]
+            why = "not favoured for this zone" if other not in admitted else "ranks lower"
+            reasons.append(f"{other_label} feasible but {why} ({_brief(oc)})")
+    return Suggestion(approach=key, candidate=pool[key], reasons=tuple(reasons))
+
+
+def _why(label: str, c: Candidate) -> str:
+    parts = [f"{label} ({c.side})"]
+    by = c.clearance_mm.by_foramen
+    if by:
+        name = min(by, key=lambda k: by[k])
+        parts.append(f"{by[name]:.1f} mm from the {name} foramen")
+    if c.clearance_mm.canal is not None:
+        parts.append(f"{c.clearance_mm.canal:.1f} mm from the canal")
+    if c.tip_to_anterior_cortex_mm is not None:
+        parts.append(f"{c.tip_to_anterior_cortex_mm:.1f} mm of bone ahead of the tip")
+    needle = get_needle(c.needle)
+    parts.append(
+        f"{c.skin_to_target_mm:.0f} mm skin to tip with the {needle.label} "
+        f"({needle.working_length_mm:.0f} mm reach)"
+    )
+    return ": ".join(parts[:1]) + ": " + ", ".join(parts[1:])
+
+
+def _brief(c: Candidate) -> str:
+    f = c.clearance_mm.foramina
+    return (
+        f"{'-' if f is None else f'{f:.1f}'} mm from a foramen, {c.skin_to_target_mm:.0f} mm long"
+    )
+
+
+def _zone_rule(zone: int | None) -> str:
+    rule = {
+        1: "ala lesions (zone 1) suit anterior-oblique, transiliac or posterior approaches",
+        2: "lesions through the foramina (zone 2) suit posterior approaches",
+        3: "sacral-body lesions (zone 3) suit the interpedicular approach",
+    }
+    return "cohort rule (Tian et al., AJNR 2022): " + rule.get(zone or 0, "no zone known")
+
+
+def _cement(case: Case, stack: FieldStack, options: PlanOptions) -> Any:
+    assert case.metrics is not None and case.lesion is not None and case.masks is not None
+    m = case.masks
+    lesion = _crop_of(case.lesion.mask.array > 0, m.crop_index, m.image.array.shape)
+    keep_out: dict[str, np.ndarray] = {}
+    for name, ch in (("canal", stack.canal), ("si_joint", stack.si_joint)):
+        if ch >= 0:
+            keep_out[name] = stack.channel_mm(ch)
+    for ch in stack.foramen_channels:
+        keep_out[f"foramen {ch}"] = stack.channel_mm(ch)
+    cap = geometric_cement_cap_ml(
+        lesion, m.image.spacing, keep_out_distance_mm=keep_out, bone_mask=m.masks["sacrum"] | lesion
+    )
+    return suggest_cement(
+        case.metrics.volume_ml,
+        with_rfa=options.with_rfa,
+        lesion_max_diameter_mm=case.metrics.max_diameter_mm,
+        geometric_cap_ml=cap,
+    )
+
+
+def _rfa(case: Case, chosen: Candidate, options: PlanOptions) -> Any:
+    assert case.lesion is not None and case.metrics is not None
+    mask = case.lesion.mask
+    kji = np.argwhere(mask.array > 0)
+    points = mask.index_to_world(kji[:, ::-1].astype(np.float64))
+    flags = case.metrics
+    intact = not (flags.foraminal_erosion or flags.epidural_extension)
+    return plan_rfa_for_track(
+        np.asarray(chosen.skin_entry_lps),
+        np.asarray(chosen.target_lps),
+        points,
+        device=options.rfa_device,
+        clearance_to_foramen_mm=chosen.clearance_mm.foramina,
+        clearance_to_canal_mm=chosen.clearance_mm.canal,
+        intact_cortex_between=intact,
+        needle_od_mm=chosen.needle_od_mm,
+    )

@@ -152,6 +152,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         volume = load(written["dicom"])
         timings["read_s"] = time.perf_counter() - t0
         truth = json.loads(Path(written["truth"]).read_text())
+    case, plan = _demo_case(volume, truth)
     summary = {
         "sample": {"lesion": args.lesion, "modality": args.modality},
         "series": [s.to_json() for s in result.series],
@@ -161,13 +162,41 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             "s1_endplate": truth.get("s1_endplate"),
             "n_foramina": len(truth.get("foramina", [])),
         },
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "segment": case.segment_json(),
+        "plan": plan,
+        "timings_s": {
+            **{k: round(v, 3) for k, v in timings.items()},
+            **{f"{k}_s": round(v, 3) for k, v in case.timings_s.items()},
+        },
     }
     if args.json:
         _print_json(summary)
         return EXIT_OK
     print(_format_demo(summary, volume))
+    print()
+    print(_format_segment(summary["segment"]))
+    if plan is not None:
+        print()
+        print(_format_plan(plan))
     return EXIT_OK
+
+
+def _demo_case(volume: Any, truth: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
+    """Segment (and, on CT, plan) the sample read back from disk, seeded at its lesion."""
+    from imaging.phantom import PhantomTruth
+    from planning.case import Case
+    from planning.planner import plan_case
+
+    case = Case(image=volume, source="built-in sample", sample_truth=PhantomTruth.from_json(truth))
+    seed = case.default_seed()
+    if seed is None:
+        return case, None
+    if volume.modality.upper() != "CT":
+        case.grow_lesion(seed)
+        return case, None
+    case.find_anatomy()
+    case.grow_lesion(seed)
+    return case, plan_case(case).to_json()
 
 
 def _format_demo(summary: dict[str, Any], volume: Any) -> str:
@@ -192,6 +221,11 @@ def _format_demo(summary: dict[str, Any], volume: Any) -> str:
     lines.append(
         f"  timings    generate+write {t['generate_and_write_s']:.2f} s, read {t['read_s']:.2f} s"
     )
+    if lesion:
+        lines.append(
+            f"  truth      lesion {lesion.get('volume_ml', 0):.2f} mL, "
+            f"zone {lesion.get('denis_zone')}"
+        )
     return "\n".join(lines)
 
 

@@ -128,9 +128,8 @@ def cone_directions(axis: np.ndarray, half_angle_deg: float, *, step_deg: float)
         t = np.radians(theta)
         n = max(6, int(round(2 * np.pi * np.sin(t) / np.radians(step_deg))))
         phi = np.linspace(0.0, 2 * np.pi, n, endpoint=False)
-        ring = (
-            np.cos(t) * axis[None, :]
-            + np.sin(t) * (np.cos(phi)[:, None] * u[None, :] + np.sin(phi)[:, None] * v[None, :])
+        ring = np.cos(t) * axis[None, :] + np.sin(t) * (
+            np.cos(phi)[:, None] * u[None, :] + np.sin(phi)[:, None] * v[None, :]
         )
         out.extend(ring)
     return np.asarray(out)

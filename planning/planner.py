@@ -119,12 +119,59 @@ def build_fields(case: Case) -> FieldStack:
     return build_field_stack(
         sacrum=field_of(sacrum),
         foramina=foramina or None,
-        canal=danger_field_of(m.masks["canal"]),
+        canal=danger_field_of(extend_canal_cranially(m.masks["canal"], crop, HEAD_LPS)),
         pelvic_side=field_of(_pelvic_side(sacrum, m.masks["anterior_cortex"], crop.spacing)),
         si_joint=field_of(m.masks["si_joint_left"] | m.masks["si_joint_right"]),
         ilium=field_of(m.masks["left_ilium"] | m.masks["right_ilium"]),
         lesion=field_of(lesion),
     )
+
+
+HEAD_LPS = np.array([0.0, 0.0, 1.0])
+LUMBAR_CANAL_MM = 60.0  # how far the canal is carried above the top of the sacral canal
+CANAL_TOP_MM = 4.0  # the slab of the sacral canal's top that is carried up
+
+
+def extend_canal_cranially(
+    canal: np.ndarray, grid: Volume, up: np.ndarray, *, length_mm: float = LUMBAR_CANAL_MM
+) -> np.ndarray:
+    """The sacral canal carried up along ``e_z`` as the lumbar canal (thecal sac).
+
+    The segmentation stops at the top of the sacrum, but a needle passing behind S1 or L5
+    must keep its margin from the canal above it too: the top ``CANAL_TOP_MM`` of the canal
+    is swept ``length_mm`` along ``up``. The lumbar lordosis turns the canal from the sacral
+    slope back toward the body's long axis, so the caller passes the head direction (LPS +z),
+    not the S1 endplate normal.
+
+    Parameters
+    ----------
+    canal : (K, J, I) bool ndarray
+        Canal mask on ``grid``.
+    grid : Volume
+        Its grid.
+    up : (3,) float ndarray
+        Unit vector toward the head, LPS.
+
+    Returns
+    -------
+    (K, J, I) bool ndarray
+    """
+    kji = np.argwhere(canal)
+    if not len(kji):
+        return canal
+    points = grid.index_to_world(kji[:, ::-1].astype(np.float64))
+    up = np.asarray(up, dtype=np.float64)
+    height = points @ up
+    top = points[height >= height.max() - CANAL_TOP_MM]
+    step = 0.5 * float(np.min(grid.spacing))
+    shifts = np.arange(step, length_mm + step, step)
+    swept = (top[None, :, :] + shifts[:, None, None] * up[None, None, :]).reshape(-1, 3)
+    ijk = np.round(grid.world_to_index(swept)).astype(int)
+    size = np.asarray(grid.size)
+    ok = np.all((ijk >= 0) & (ijk < size), axis=1)
+    out = canal.copy()
+    out[ijk[ok, 2], ijk[ok, 1], ijk[ok, 0]] = True
+    return out
 
 
 def _crop_of(

@@ -52,8 +52,9 @@ def test_every_candidate_foramen_clearance_agrees_with_exact_geometry(planned) -
 
 
 @pytest.mark.xfail(
-    reason="the segmented canal stops short of the top of the S1 canal, so a needle passing "
-    "behind S1 near the canal entrance is measured against a canal that begins too low",
+    reason="the canal is segmented only in the sacrum; above it the planner carries the top of "
+    "the sacral canal straight up as the lumbar canal, which does not follow the sample's "
+    "lordotic lumbar canal, so clearances near L5 can be understated by ~2 mm (safe side)",
     strict=False,
 )
 def test_every_candidate_canal_clearance_agrees_with_exact_geometry(planned) -> None:

@@ -281,15 +281,24 @@ def _entry_context(
     )
 
 
-def _bone_entry_distance(case: Case, entries: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-    """Distance (mm) from each skin entry along its direction to the first bone voxel."""
-    labels = case.label_map()
-    outside_bone = ~np.isin(
-        labels.array, (Label.SACRUM, Label.LEFT_ILIUM, Label.RIGHT_ILIUM, Label.LESION)
-    )
-    return exit_distance_mm(
-        outside_bone, _world_to_index(labels), entries, dirs, step_mm=0.5, max_mm=300.0
-    )
+@dataclass(frozen=True)
+class _BoneProbe:
+    """Where needles first meet bone (sacrum, ilia or lesion), on the study grid."""
+
+    outside_bone: np.ndarray
+    world_to_index: np.ndarray
+
+    @classmethod
+    def of(cls, case: Case) -> _BoneProbe:
+        labels = case.label_map()
+        bone = (Label.SACRUM, Label.LEFT_ILIUM, Label.RIGHT_ILIUM, Label.LESION)
+        return cls(~np.isin(labels.array, bone), _world_to_index(labels))
+
+    def distance(self, entries: np.ndarray, dirs: np.ndarray) -> np.ndarray:
+        """Distance (mm) from each skin entry along its direction to the first bone voxel."""
+        return exit_distance_mm(
+            self.outside_bone, self.world_to_index, entries, dirs, step_mm=0.5, max_mm=300.0
+        )
 
 
 # -- the search --------------------------------------------------------------------------------
@@ -332,16 +341,27 @@ def plan_case(
     centroid = np.asarray(case.metrics.centroid_lps, dtype=np.float64)
     zone = case.metrics.denis_zone
     results: dict[str, ApproachResult] = {}
+    probe = _BoneProbe.of(case)
     registry = approach_registry()
     for n, approach in enumerate(registry.values()):
         if cancel is not None and cancel():
             raise OperationCancelledError("planning was cancelled")
         report(0.1 + 0.8 * n / len(registry), f"searching {approach.label}")
         results[approach.key] = _search_approach(
-            case, approach, stack, body, targets, centroid, needles, radius, options.margins, zone
+            case,
+            approach,
+            stack,
+            body,
+            probe,
+            targets,
+            centroid,
+            needles,
+            radius,
+            options.margins,
+            zone,
         )
     report(0.9, "suggestion")
-    plan = _assemble_plan(case, results, stack, options, needles, zone)
+    plan = _assemble_plan(case, results, stack, probe, options, needles, zone)
     case.timings_s["plan"] = time.perf_counter() - t0
     report(1.0, "done")
     return plan
@@ -359,6 +379,7 @@ def _search_approach(
     approach: Approach,
     stack: FieldStack,
     body: Volume,
+    probe: _BoneProbe,
     targets: np.ndarray,
     centroid: np.ndarray,
     needles: list[Needle],
@@ -394,7 +415,7 @@ def _search_approach(
             blocked_by=["no straight path from the skin"],
         )
     scores = score_needles(entries, tips, stack, radius_mm=radius_mm, lesion_centroid=centroid)
-    bone_at = _bone_entry_distance(case, entries, dirs)
+    bone_at = probe.distance(entries, dirs)
     bone_entry = entries + np.nan_to_num(bone_at)[:, None] * dirs
     rules_ok = np.zeros(len(entries), bool)
     for side in np.unique(sides):
@@ -692,6 +713,7 @@ def _assemble_plan(
     case: Case,
     results: dict[str, ApproachResult],
     stack: FieldStack,
+    probe: _BoneProbe,
     options: PlanOptions,
     needles: list[Needle],
     zone: int | None,
@@ -709,7 +731,7 @@ def _assemble_plan(
             needle = _needle_for(float(r.scores.length_mm[i]), needles)  # type: ignore[union-attr]
             dirn = r.tips[i] - r.entries[i]
             dirn /= np.linalg.norm(dirn)
-            bone_at = _bone_entry_distance(case, r.entries[i : i + 1], dirn[None, :])[0]
+            bone_at = probe.distance(r.entries[i : i + 1], dirn[None, :])[0]
             bone_entry = None if not np.isfinite(bone_at) else r.entries[i] + bone_at * dirn
             cand = score_trajectory(
                 r.entries[i],

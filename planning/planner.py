@@ -44,7 +44,6 @@ ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 
 FIELD_MARGIN_MM = 25.0  # distance fields are exact this far from each structure
-DANGER_GROWTH_VOXELS = 0.25  # foramina and canal grown by this many voxels (see build_fields)
 TARGET_SPACING_MM = 5.0  # tip targets on this lattice inside the lesion
 TARGET_DEPTH_MM = 2.0  # ... at least this deep inside it
 MAX_TARGETS = 12
@@ -96,30 +95,13 @@ def build_fields(case: Case) -> FieldStack:
     def field_of(mask: np.ndarray) -> DistanceField:
         return DistanceField.from_mask(mask, crop_margin_mm=FIELD_MARGIN_MM, **geo)
 
-    # A mask's surface lies within half a voxel of the true surface, with no bias on average;
-    # danger zones are grown by a quarter voxel so that clearances lean to the safe side
-    # without swamping them (DANGER_GROWTH_VOXELS).
-    voxel_bound = DANGER_GROWTH_VOXELS * float(np.max(crop.spacing))
-
-    def danger_field_of(mask: np.ndarray) -> DistanceField:
-        f = field_of(mask)
-        return DistanceField(
-            f.values - np.float32(voxel_bound),
-            f.origin,
-            f.spacing,
-            f.direction,
-            exact_within_mm=f.exact_within_mm,
-        )
-
     lesion = _crop_of(case.lesion.mask.array > 0, m.crop_index, crop.array.shape)
     sacrum = m.masks["sacrum"] | lesion
-    foramina = {
-        f.name: danger_field_of(m.masks["foramina"] == f.label) for f in m.foramina if f.label > 0
-    }
+    foramina = {f.name: field_of(m.masks["foramina"] == f.label) for f in m.foramina if f.label > 0}
     return build_field_stack(
         sacrum=field_of(sacrum),
         foramina=foramina or None,
-        canal=danger_field_of(extend_canal_cranially(m.masks["canal"], crop, HEAD_LPS)),
+        canal=field_of(extend_canal_cranially(m.masks["canal"], crop, HEAD_LPS)),
         pelvic_side=field_of(_pelvic_side(sacrum, m.masks["anterior_cortex"], crop.spacing)),
         si_joint=field_of(m.masks["si_joint_left"] | m.masks["si_joint_right"]),
         ilium=field_of(m.masks["left_ilium"] | m.masks["right_ilium"]),

@@ -2,17 +2,23 @@
 
 :func:`segment_anatomy` takes a CT :class:`~imaging.volume.Volume` (any spacing and
 orientation) and returns :class:`AnatomyMasks`: boolean masks on a *crop* of the study
-around the sacrum (a sub-block of the CT grid, same spacing and direction), the S1-S4
-foramina as fitted channels (centre, axis, radius), the S1 superior endplate (centre and
-normal), and how to paste any mask back onto the full study grid.
+around the sacrum and both hip bones (a sub-block of the CT grid, same spacing and
+direction), the S1-S4 foramina as fitted channels (centre, axis, radius), the S1 superior
+endplate (centre and normal), and how to paste any mask back onto the full study grid.
+The ilium masks hold the whole hip bone in the field of view (ilium, ischium, pubis and
+acetabulum, not the femoral head).
 
 How (DESIGN.md section 6): a coarse pass on a ~3 mm axis-aligned grid finds the posterior
-pelvic ring, the hip bones (their dense cortex), the S1 endplate (bright endplate under a
-dark disc) and the sacrum (:mod:`imaging.anatomy_locate`); a fine pass on a ~1-1.5 mm
-axis-aligned grid over the crop refines the bone boundaries at the joint gaps (seeded
-watershed), finds the canal and the foramina as the channels a 12 mm ball cannot enter
+pelvic ring, the hip bones (their dense cortex), the femoral heads (the balls the
+acetabular linings cradle), the S1 endplate (bright endplate under a dark disc) and the
+sacrum (:mod:`imaging.anatomy_locate`); a fine pass on a ~1-1.5 mm axis-aligned grid over
+the sacrum and its surroundings refines the bone boundaries at the joint gaps (seeded
+watershed; along the brightest ridge where thin fatty bone hides the joint), finds the
+canal and the foramina as the channels a 12 mm ball cannot enter
 (:mod:`imaging.anatomy_channels`), the anterior cortex (outward normal facing forward) and
-the SI joints (the gap where sacrum and ilium come within a few millimetres).
+the SI joints (the gap where sacrum and ilium come within a few millimetres). The hip
+bones beyond the fine grid keep the coarse labels, refined on the study grid. On coarse
+studies (3 mm) the one-voxel rim is finally decided by partial volume on the study grid.
 Everything is in millimetres; all points are LPS.
 
 Headless: numpy, scipy, scikit-image and SimpleITK only.
@@ -44,6 +50,7 @@ from imaging.anatomy_grid import (
     close_mm,
     dilate_mm,
     distance_outside_mm,
+    enclosed_mm,
     erode_mm,
     fill_holes,
     resample_to_grid,
@@ -103,8 +110,8 @@ class AnatomyParams:
     bone_hu : float
         Bone threshold (cortex and most cancellous bone; lytic lesions are filled in).
     fill_close_mm : tuple of float
-        Closing radii tried to fill marrow: the small one when the cortex is closed, the
-        big one for fatty or osteoporotic marrow (chosen per study).
+        Closing radii: the small one fills the marrow when the cortex is closed; the big
+        one outlines the sacrum to measure how dense its marrow is.
     dense_marrow_fraction : float
         The marrow counts as dense (the small closing fills it) when at least this fraction
         of the sacrum's interior (3 mm inside its filled outline) is above ``bone_hu``;
@@ -112,16 +119,35 @@ class AnatomyParams:
     channel_hu : float
         Channels (canal, foramina) hold fat, nerve and CSF: darker than this.
     fatty_close_mm : float
-        Closing radius of each bone in a fatty study (fills fat-density marrow pockets).
+        Closing radius of the sacrum in a fatty study (fills fat-density marrow pockets).
+    fatty_enclose_mm : float
+        In a fatty study the marrow of all bones is first filled where the bone encloses
+        it within this reach in a cross-section (:func:`~imaging.anatomy_grid.enclosed_mm`;
+        unlike a closing this leaves the grooves and notches outside the bone open); the
+        coarse labels of the hip bones beyond the fine grid are trimmed the same way.
     fatty_channel_hu : float
         Channel threshold in a fatty study (fatty marrow is darker than ``channel_hu``).
     crop_margin_mm : tuple of float
         Margins added around the sacrum along x (each side), y and z for the crop.
+    hip_margin_mm : float
+        Margin added around the hip bones found by the localisation: the crop holds the
+        whole hip bones in the field of view (ilium, ischium, pubis, acetabulum).
     si_gap_mm : float
         Sacrum and ilium closer than this (each way) form the SI joint.
+    split_band_mm, split_reach_mm : float
+        Where no CT number separates joined bones in a coarse study (thin fatty bone, joint
+        space below the resolution), the split along the brightest ridge is seeded by the
+        coarse cores farther than ``split_band_mm`` from another bone, and moves a bone at
+        most ``split_reach_mm`` beyond its coarse region.
     peel_max_spacing_mm : float
         Bone surfaces are moved to the cortex half-maximum only when the study's coarsest
-        spacing is at most this (a 3 mm study's boundary is a voxel uncertain anyway).
+        spacing is at most this (a 3 mm study's boundary is a voxel uncertain anyway);
+        studies coarser than this are *coarse* (ridge split, partial-volume rim).
+    rim_hu : tuple of float
+        On coarser studies the one-voxel rim of the sacrum and the hip bones is decided by
+        partial volume on the study grid instead: a surface voxel darker than the first
+        value (fat or fluid, not bone) leaves the bone; an outside voxel touching it and
+        brighter than the second (above any soft tissue) joins it.
     locate, channels : LocateParams, ChannelParams
         Options of the coarse localisation and of the channel search.
     """
@@ -133,9 +159,14 @@ class AnatomyParams:
     dense_marrow_fraction: float = 0.6
     channel_hu: float = 25.0
     crop_margin_mm: tuple[float, float, float] = (45.0, 25.0, 20.0)
+    hip_margin_mm: float = 9.0
     si_gap_mm: float = 4.0
+    split_band_mm: float = 6.0
+    split_reach_mm: float = 6.0
     peel_max_spacing_mm: float = 2.5
+    rim_hu: tuple[float, float] = (0.0, 100.0)
     fatty_close_mm: float = 12.0
+    fatty_enclose_mm: float = 30.0
     fatty_channel_hu: float = 0.0
     locate: LocateParams = field(default_factory=LocateParams)
     channels: ChannelParams = field(default_factory=ChannelParams)
@@ -203,7 +234,7 @@ class Endplate:
 
 @dataclass
 class AnatomyMasks:
-    """Anatomy masks on a crop of the CT around the sacrum.
+    """Anatomy masks on a crop of the CT around the sacrum and both hip bones.
 
     Attributes
     ----------
@@ -428,8 +459,10 @@ def segment_anatomy(
     cimg = resample_to_grid(ct, cgrid, default=-1024.0, antialias=True)
     coarse = locate_pelvis(cimg, cgrid, params=p.locate)
     st.begin(0.25, "resampling the sacral region")
-    crop, crop_index = _crop(ct, coarse, margins_mm=p.crop_margin_mm)
-    fine = _fine_grid(crop, p.fine_mm)
+    crop, crop_index, region = _crop(
+        ct, coarse, margins_mm=p.crop_margin_mm, hip_margin_mm=p.hip_margin_mm
+    )
+    fine = _fine_grid(region, p.fine_mm)
     img = resample_to_grid(crop, fine, default=-1024.0, antialias=True)
     st.begin(0.35, "separating sacrum and ilia")
     fb = _fine_bones(img, fine, coarse, source_spacing_mm=float(np.max(ct.spacing)), params=p)
@@ -505,7 +538,22 @@ def segment_anatomy(
             )
         )
     flags = (cortex * _FLAG_CORTEX) | si_flags
-    masks = _to_crop(codes, flags, solid, fine, crop)
+    outer = _outer_labels(cimg, coarse, p)
+    coarse_study = float(np.max(ct.spacing)) > p.peel_max_spacing_mm
+    masks = _to_crop(
+        codes,
+        flags,
+        solid,
+        fine,
+        crop,
+        region=region,
+        outer=outer,
+        outer_grid=cgrid,
+        bone_hu=p.bone_hu,
+        refine=not coarse_study,
+    )
+    if coarse_study:
+        _partial_volume_rim(masks, crop.array, lo_hu=p.rim_hu[0], hi_hu=p.rim_hu[1])
     foramina.sort(key=lambda f: FORAMEN_NAMES.index(f.name))
     found = {f.name for f in foramina}
     missing = [n for n in FORAMEN_NAMES if n not in found]
@@ -524,6 +572,75 @@ def segment_anatomy(
         timings_s=st.timings,
         notes=notes,
     )
+
+
+def _outer_labels(
+    image: np.ndarray, coarse: CoarseAnatomy, params: AnatomyParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coarse bone labels for the crop outside the fine grid (the hip bones far out).
+
+    The localisation's labels within the bone its cortex encloses (no closing, so the
+    outline keeps its notches), with the femoral heads taken out of the hip bones.
+    Returns these labels, the labels grown by one voxel into unlabelled voxels (where a
+    finer study shows bone, they hold it) and their interior (held whatever the CT
+    number: marrow).
+    """
+    bone = image > params.bone_hu
+    tight = fill_holes(enclosed_mm(bone, params.fatty_enclose_mm, coarse.grid.spacing))
+    labels = _free_femoral_heads(coarse.labels, coarse.grid, coarse)
+    labels = np.where(tight, labels, 0).astype(np.uint8)
+    labels[labels == _SAC] = _OTHER
+    grown = ndi.grey_dilation(labels, size=(3, 3, 3))
+    grown = np.where(labels > 0, labels, grown).astype(np.uint8)
+    inner = ndi.grey_erosion(labels, size=(3, 3, 3))
+    inner = np.where(inner == labels, labels, 0).astype(np.uint8)
+    return labels, grown, inner
+
+
+def _nearest_onto(image: sitk.Image, onto: Volume) -> np.ndarray:
+    """Nearest-neighbour resampling of an integer image onto a volume's grid (0 outside)."""
+    ref = sitk.Image(list(onto.size), image.GetPixelID())
+    ref.SetOrigin(tuple(float(v) for v in onto.origin))
+    ref.SetSpacing(tuple(float(v) for v in onto.spacing))
+    ref.SetDirection(tuple(float(v) for v in onto.direction.reshape(-1)))
+    out = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+    return sitk.GetArrayFromImage(out)
+
+
+def _partial_volume_rim(
+    masks: dict[str, np.ndarray], hu: np.ndarray, *, lo_hu: float, hi_hu: float
+) -> None:
+    """Re-decide the one-voxel rim of the sacrum and the hip bones by partial volume.
+
+    On the study grid (in place): a voxel of a bone touching the outside (face
+    neighbours) and darker than ``lo_hu`` leaves it; an outside voxel touching it and
+    brighter than ``hi_hu`` joins it. For the sacrum the canal, the foramina and other
+    bone (the last lumbar vertebra) count as outside, and a dark voxel dropped from the
+    canal wall joins the canal; the hip bones never take other bone (the femur).
+    ``masks`` as returned by :func:`_to_crop`.
+    """
+    names = ("sacrum", "left_ilium", "right_ilium")
+    channels = masks["canal"] | (masks["foramina"] > 0)
+    other = masks["bone"] & ~channels
+    for n in names:
+        other &= ~masks[n]
+    st = ndi.generate_binary_structure(3, 1)
+    taken = np.zeros(hu.shape, bool)
+    for n in names:
+        m = masks[n]
+        outside = ~(masks["sacrum"] | masks["left_ilium"] | masks["right_ilium"])
+        if n != "sacrum":
+            outside &= ~other
+        drop = m & ndi.binary_dilation(outside, st) & (hu < lo_hu)
+        add = outside & ndi.binary_dilation(m, st) & (hu > hi_hu) & ~taken
+        masks[n] = (m & ~drop) | add
+        taken |= add
+        masks["bone"] = (masks["bone"] & ~drop) | add
+        if n == "sacrum":
+            # a dark voxel on the canal wall is canal
+            masks["canal"] |= drop & ndi.binary_dilation(masks["canal"], st)
+    masks["canal"] &= ~taken
+    masks["foramina"][taken] = 0
 
 
 def _check_ct(ct: Volume) -> None:
@@ -549,14 +666,34 @@ def _check_ct(ct: Volume) -> None:
 
 
 def _crop(
-    ct: Volume, coarse: CoarseAnatomy, *, margins_mm: tuple[float, float, float]
-) -> tuple[Volume, tuple[int, int, int]]:
-    """The sub-block of the CT grid covering the sacrum plus margins."""
-    kji = np.argwhere(coarse.labels == _SAC)
-    pts = coarse.grid.index_to_world(kji)
+    ct: Volume,
+    coarse: CoarseAnatomy,
+    *,
+    margins_mm: tuple[float, float, float],
+    hip_margin_mm: float,
+) -> tuple[Volume, tuple[int, int, int], Volume]:
+    """Sub-blocks of the CT grid: the crop and the sacral region inside it.
+
+    The sacral region covers the sacrum plus ``margins_mm`` (it is segmented on the fine
+    grid); the crop covers it and both hip bones plus ``hip_margin_mm``. Returns the crop,
+    its first voxel ``(i, j, k)`` in the study and the sacral region.
+    """
     half = coarse.grid.spacing / 2.0
+    pts = coarse.grid.index_to_world(np.argwhere(coarse.labels == _SAC))
     lo = pts.min(axis=0) - half - np.asarray(margins_mm)
     hi = pts.max(axis=0) + half + np.asarray(margins_mm)
+    region, _ = _block(ct, lo, hi)
+    hips = np.isin(coarse.labels, (_LIL, _RIL))
+    if hips.any():
+        pts = coarse.grid.index_to_world(np.argwhere(hips))
+        lo = np.minimum(lo, pts.min(axis=0) - half - hip_margin_mm)
+        hi = np.maximum(hi, pts.max(axis=0) + half + hip_margin_mm)
+    crop, index = _block(ct, lo, hi)
+    return crop, index, region
+
+
+def _block(ct: Volume, lo: np.ndarray, hi: np.ndarray) -> tuple[Volume, tuple[int, int, int]]:
+    """The sub-block of the CT grid covering the LPS box ``[lo, hi]`` (mm)."""
     corners = np.array(
         [[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]
     )
@@ -565,7 +702,7 @@ def _crop(
     i0 = np.clip(np.floor(ijk.min(axis=0)).astype(int), 0, size - 1)
     i1 = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + 1, 1, size)
     arr = ct.array[i0[2] : i1[2], i0[1] : i1[1], i0[0] : i1[0]]
-    crop = Volume(
+    block = Volume(
         array=arr,
         origin=ct.index_to_world(i0.astype(float)),
         spacing=ct.spacing,
@@ -573,13 +710,13 @@ def _crop(
         modality=ct.modality,
         meta=dict(ct.meta),
     )
-    return crop, (int(i0[0]), int(i0[1]), int(i0[2]))
+    return block, (int(i0[0]), int(i0[1]), int(i0[2]))
 
 
-def _fine_grid(crop: Volume, bounds_mm: tuple[float, float]) -> Grid:
-    """Axis-aligned grid over the crop with the crop's finest spacing clipped to bounds."""
-    spacing = float(np.clip(np.min(crop.spacing), bounds_mm[0], bounds_mm[1]))
-    lo, hi = world_bounds(crop)
+def _fine_grid(region: Volume, bounds_mm: tuple[float, float]) -> Grid:
+    """Axis-aligned grid over a region with its finest spacing clipped to bounds."""
+    spacing = float(np.clip(np.min(region.spacing), bounds_mm[0], bounds_mm[1]))
+    lo, hi = world_bounds(region)
     return Grid.covering(lo, hi, spacing)
 
 
@@ -636,16 +773,26 @@ def _fine_bones(
     if dense:
         base = fill_holes(bone)
     else:
-        base = fill_holes(close_mm(bone, params.fill_close_mm[1], sp))
+        base = fill_holes(enclosed_mm(bone, params.fatty_enclose_mm, sp))
         notes.append(
-            "fatty or osteoporotic bone: the marrow was filled by closing the bone outline, "
+            "fatty or osteoporotic bone: the marrow was filled where the cortex encloses it, "
             "so the SI joints, the foramen walls and lesions breaking the cortex are less "
             "exact; check them"
         )
     labels = _label_components(base, prior)
     mixed = labels == 255
     if mixed.any():
-        labels = _split_mixed(img, labels, mixed, fine, coarse)
+        labels = _split_mixed(
+            img,
+            labels,
+            mixed,
+            fine,
+            coarse,
+            band_mm=params.split_band_mm,
+            reach_mm=params.split_reach_mm,
+            ridge=source_spacing_mm > params.peel_max_spacing_mm,
+        )
+    labels = _free_femoral_heads(labels, fine, coarse)
     if source_spacing_mm <= params.peel_max_spacing_mm:
         labels = _peel_half_max(labels, img, sp)
     if dense:
@@ -669,8 +816,8 @@ def _label_components(tight: np.ndarray, prior: np.ndarray) -> np.ndarray:
     out = np.zeros(tight.shape, np.uint8)
     if n == 0:
         return out
-    votes = np.zeros((n + 1, 5), np.int64)
-    np.add.at(votes, (lab.ravel(), prior.ravel().clip(0, 4)), 1)
+    flat = lab.ravel().astype(np.int64) * 5 + prior.ravel().clip(0, 4)
+    votes = np.bincount(flat, minlength=(n + 1) * 5).reshape(n + 1, 5)
     votes[:, 0] = 0
     votes[0] = 0
     total = votes.sum(axis=1)
@@ -689,15 +836,32 @@ def _label_components(tight: np.ndarray, prior: np.ndarray) -> np.ndarray:
 
 
 def _split_mixed(
-    img: np.ndarray, labels: np.ndarray, mixed: np.ndarray, fine: Grid, coarse: CoarseAnatomy
+    img: np.ndarray,
+    labels: np.ndarray,
+    mixed: np.ndarray,
+    fine: Grid,
+    coarse: CoarseAnatomy,
+    *,
+    band_mm: float,
+    reach_mm: float,
+    ridge: bool,
 ) -> np.ndarray:
     """Seeded watershed inside components that join several bones (gap not visible).
 
     Seeds: the pieces the component falls into at the lowest higher CT number where each
     bone keeps a fair share of pure pieces (dense cortex shells, separated by the joint
     gaps); bones without such pieces are seeded by their coarse cores. Bright bone floods
-    first, so fronts meet in the darkest gap. When no threshold separates the bones (thin,
-    fatty bone at low resolution) the coarse cores grow at equal speed instead.
+    first, so fronts meet in the darkest gap.
+
+    When no threshold separates the bones (thin, fatty bone at low resolution) bright
+    cortex would carry such fronts past the joints. On a coarse study (``ridge``: the
+    joint space is below the resolution, the subchondral cortex of both sides merges into
+    one bright band) the coarse cores farther than ``band_mm`` from another bone then
+    seed a watershed in which *dark* bone floods first, so the fronts meet on the
+    brightest ridge between them: that band. A bone may take voxels at most ``reach_mm``
+    beyond its coarse region; beyond that (where a dark path would carry a front to a far
+    bone) the coarse label stays. Otherwise the cores grow at equal speed (nearest core
+    wins).
     """
     sp = fine.spacing
     prior = resample_to_grid(coarse.grid.image(coarse.labels), fine, linear=False, dtype=np.uint8)
@@ -713,21 +877,126 @@ def _split_mixed(
             markers[fill & (cores == code)] = code
     markers[~mixed] = 0
     smooth = ndi.gaussian_filter(img, 0.7 / sp[::-1])
-    if not seeded:
-        # no joint visible at any threshold: bright cortex would carry the fronts past the
-        # joints, so the cores simply grow at equal speed (nearest core wins)
-        smooth = np.zeros_like(smooth)
-    cost = np.where(mixed, -smooth, np.float32(4000.0)).astype(np.float32)
-    ws = sitk.MorphologicalWatershedFromMarkers(
-        fine.image(cost), fine.image(markers), markWatershedLine=False, fullyConnected=False
-    )
-    split = sitk.GetArrayFromImage(ws).astype(np.uint8)
+    if seeded:
+        split = _watershed(-smooth, markers, mixed, fine)
+    elif not ridge:
+        split = _watershed(np.zeros_like(smooth), markers, mixed, fine)
+    else:
+        split = _ridge_split(
+            smooth, markers, mixed, prior, fine, coarse, band_mm=band_mm, reach_mm=reach_mm
+        )
     out = labels.copy()
     out[mixed] = split[mixed]
     return out
 
 
+def _ridge_split(
+    smooth: np.ndarray,
+    cores: np.ndarray,
+    mask: np.ndarray,
+    prior: np.ndarray,
+    fine: Grid,
+    coarse: CoarseAnatomy,
+    *,
+    band_mm: float,
+    reach_mm: float,
+) -> np.ndarray:
+    """Split ``mask`` between bones along the brightest ridges (see :func:`_split_mixed`).
+
+    Distances to the coarse regions are taken on the coarse grid (they only need to be
+    good to a coarse voxel); where the ridge result is not allowed the coarse label
+    ``prior`` stays. Coarse *other bone* is never handed to another bone.
+    """
+    codes = (_SAC, _LIL, _RIL, _OTHER)
+    dist = {c: distance_outside_mm(coarse.labels == c, coarse.grid.spacing) for c in codes}
+    bits = np.zeros(coarse.labels.shape, np.uint8)
+    for n, code in enumerate(codes):
+        others = np.minimum.reduce([d for c, d in dist.items() if c != code])
+        bits |= ((others > band_mm) * (1 << n) | (dist[code] <= reach_mm) * (16 << n)).astype(
+            np.uint8
+        )
+    bits = resample_to_grid(coarse.grid.image(bits), fine, linear=False, dtype=np.uint8)
+    seeds = np.zeros(cores.shape, np.uint8)
+    for n, code in enumerate(codes):
+        seeds[(cores == code) & ((bits & (1 << n)) > 0)] = code
+    ridge = _watershed(smooth, seeds, mask, fine)
+    ok = np.zeros(cores.shape, bool)
+    for n, code in enumerate(codes):
+        ok |= (ridge == code) & ((bits & (16 << n)) > 0)
+    # other bone (the last lumbar vertebra, the femurs) meets the sacrum and the hip bones
+    # at the endplate plane and the femoral heads, which the coarse labels already follow
+    ok &= (prior != _OTHER) | (ridge == _OTHER)
+    return np.where(ok | (prior == 0), ridge, prior).astype(np.uint8)
+
+
+def _watershed(
+    elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray, grid: Grid
+) -> np.ndarray:
+    """Marker watershed of ``elevation`` within ``mask`` (labels 0 outside the mask)."""
+    cost = np.where(mask, elevation, np.float32(4000.0)).astype(np.float32)
+    img = sitk.GetImageFromArray(cost)
+    img.SetSpacing(tuple(float(v) for v in grid.spacing))
+    mk = sitk.GetImageFromArray(np.ascontiguousarray(markers, dtype=np.uint8))
+    mk.CopyInformation(img)
+    ws = sitk.MorphologicalWatershedFromMarkers(
+        img, mk, markWatershedLine=False, fullyConnected=False
+    )
+    return np.where(mask, sitk.GetArrayFromImage(ws), 0).astype(np.uint8)
+
+
 _SEED_LADDER_HU = (250.0, 350.0, 500.0, 700.0, 900.0, 1200.0)
+
+
+def _free_femoral_heads(
+    labels: np.ndarray,
+    fine: Grid,
+    coarse: CoarseAnatomy,
+    *,
+    cup_mm: float = 12.0,
+    open_deg: float = 65.0,
+) -> np.ndarray:
+    """The femoral heads found by the localisation are femur, not hip bone.
+
+    Bone inside each head's ball becomes *other bone*. In the shell ``cup_mm`` around
+    the ball, bone within ``open_deg`` of the acetabular opening (lateral, 45 degrees
+    down and a little forward: the femoral neck and the exposed head) is femur too; other
+    bone elsewhere in the shell above the lower third of the head is the acetabulum,
+    which covers the upper half of the head, and goes back to that side's hip bone.
+    Works on any axis-aligned grid with these label codes (``fine`` or the coarse one).
+    """
+    out = labels.copy()
+    sp = fine.spacing
+    for centre, radius in coarse.femoral_heads:
+        side = _LIL if centre[0] > coarse.midline_x_mm else _RIL
+        reach = radius + cup_mm
+        lo = np.floor(fine.world_to_index(centre - reach)).astype(int)
+        hi = np.ceil(fine.world_to_index(centre + reach)).astype(int) + 1
+        lo = np.clip(lo, 0, fine.shape)
+        hi = np.clip(hi, 0, fine.shape)
+        if np.any(hi <= lo):
+            continue
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+        sub = out[box]
+        kk = np.arange(sub.shape[0])[:, None, None]
+        jj = np.arange(sub.shape[1])[None, :, None]
+        ii = np.arange(sub.shape[2])[None, None, :]
+        o = fine.index_to_world(lo.astype(float)) - centre
+        dz = o[2] + kk * sp[2]
+        dist = np.sqrt((o[0] + ii * sp[0]) ** 2 + (o[1] + jj * sp[1]) ** 2 + dz**2)
+        bone = np.isin(sub, (_LIL, _RIL, _OTHER))
+        sub[bone & (dist <= radius)] = _OTHER
+        shell = bone & (dist > radius) & (dist <= reach)
+        lateral = 1.0 if side == _LIL else -1.0
+        opening = np.array([0.7 * lateral, -0.25, -0.67])
+        opening /= np.linalg.norm(opening)
+        cosine = (
+            (o[0] + ii * sp[0]) * opening[0] + (o[1] + jj * sp[1]) * opening[1] + dz * opening[2]
+        ) / np.maximum(dist, 1e-6)
+        neck = shell & (cosine > np.cos(np.radians(open_deg)))
+        cup = shell & ~neck & (sub == _OTHER) & (dz > -radius / 3.0)
+        sub[cup] = side
+        sub[neck] = _OTHER
+    return out
 
 
 def _ladder_seeds(img: np.ndarray, mixed: np.ndarray, prior: np.ndarray) -> np.ndarray:
@@ -874,28 +1143,45 @@ def _si_joints(
 
 
 def _to_crop(
-    codes: np.ndarray, flags: np.ndarray, solid: np.ndarray, fine: Grid, crop: Volume
+    codes: np.ndarray,
+    flags: np.ndarray,
+    solid: np.ndarray,
+    fine: Grid,
+    crop: Volume,
+    *,
+    region: Volume,
+    outer: tuple[np.ndarray, np.ndarray, np.ndarray],
+    outer_grid: Grid,
+    bone_hu: float,
+    refine: bool,
 ) -> dict[str, np.ndarray]:
-    """Nearest-neighbour resampling of the fine label/flag images onto the crop grid."""
-    ref = sitk.Image(list(crop.size), sitk.sitkUInt8)
-    ref.SetOrigin(tuple(float(v) for v in crop.origin))
-    ref.SetSpacing(tuple(float(v) for v in crop.spacing))
-    ref.SetDirection(tuple(float(v) for v in crop.direction.reshape(-1)))
+    """Nearest-neighbour resampling of the fine label/flag images onto the crop grid.
 
-    def back(arr: np.ndarray) -> np.ndarray:
-        out = sitk.Resample(
-            fine.image(arr.astype(np.uint8)),
-            ref,
-            sitk.Transform(),
-            sitk.sitkNearestNeighbor,
-            0,
-            sitk.sitkUInt8,
-        )
-        return sitk.GetArrayFromImage(out)
+    The fine grid covers ``region`` (a sub-block of the crop); the rest of the crop (the
+    hip bones away from the sacrum) takes the coarse labels ``outer`` (labels, grown,
+    inner; see :func:`_outer_labels`) of ``outer_grid``. With ``refine`` (a study finer
+    than the coarse grid) a voxel takes the grown label where the study is brighter than
+    ``bone_hu`` and the inner one elsewhere; otherwise simply the label.
+    """
 
-    c = back(codes)
-    f = back(flags)
-    s = back(solid.astype(np.uint8)) > 0
+    off = np.rint(crop.world_to_index(region.origin[None])[0]).astype(int)
+    k, j, i = region.array.shape
+    box = (slice(off[2], off[2] + k), slice(off[1], off[1] + j), slice(off[0], off[0] + i))
+    labels, grown, inner = outer
+    if refine:
+        both = _nearest_onto(outer_grid.image(grown | (inner << 4)), crop)
+        c = np.where(crop.array > bone_hu, both & 15, both >> 4).astype(np.uint8)
+    else:
+        c = _nearest_onto(outer_grid.image(labels), crop).astype(np.uint8)
+    s = c > 0
+    f = np.zeros(c.shape, np.uint8)
+    # one resampling for codes (< 32), flags (3 bits) and solid
+    packed = codes.astype(np.uint16) | (flags.astype(np.uint16) << 5)
+    packed |= solid.astype(np.uint16) << 8
+    sub = _nearest_onto(fine.image(packed), region)
+    c[box] = sub & 31
+    f[box] = (sub >> 5) & 7
+    s[box] = (sub >> 8) > 0
     foramina = np.where(c >= _FORAMEN0, c - _FORAMEN0 + 1, 0).astype(np.uint8)
     return {
         "bone": s | np.isin(c, (_SAC, _LIL, _RIL, _OTHER)),

@@ -196,6 +196,47 @@ def open_mm(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarr
     return dilate_mm(erode_mm(mask, radius_mm, spacing), radius_mm, spacing) & mask
 
 
+def enclosed_mm(mask: np.ndarray, reach_mm: float, spacing: np.ndarray) -> np.ndarray:
+    """The mask plus what it encloses within ``reach_mm`` in one of the three axis planes.
+
+    A voxel is enclosed when, in its axial, coronal or sagittal plane, the mask lies
+    within ``reach_mm`` along both directions of both in-plane axes. This fills fatty
+    marrow inside a thin cortex shell (enclosed at least in a cross-section) without
+    filling grooves on the outside of the bone, which a closing with a ball that large
+    would: a groove is open along itself and toward the outside in every plane. Beyond
+    the array border there is no mask.
+
+    Parameters
+    ----------
+    mask : (K, J, I) bool ndarray
+    reach_mm : float
+    spacing : (3,) float ndarray, mm, ``(x, y, z)`` order
+
+    Returns
+    -------
+    (K, J, I) bool ndarray
+    """
+    m8 = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    both = []
+    for axis in range(3):
+        n = int(np.ceil(reach_mm / float(spacing[2 - axis]))) // 2 * 2 + 1
+        shift = n // 2 + 1
+        length = mask.shape[axis]
+        pad = [(0, 0)] * 3
+        pad[axis] = (shift, shift)
+        # win[q]: mask within [q - n//2, q + n//2] of the padded axis, where voxel p sits
+        # at q = p + shift: win[p + 2 shift] looks at [p + 1, p + n], win[p] at
+        # [p - n, p - 1]
+        win = ndi.maximum_filter1d(np.pad(m8, pad), size=n, axis=axis, mode="constant") > 0
+        ahead = [slice(None)] * 3
+        behind = [slice(None)] * 3
+        ahead[axis] = slice(2 * shift, 2 * shift + length)
+        behind[axis] = slice(0, length)
+        both.append(win[tuple(ahead)] & win[tuple(behind)])
+    plane = (both[1] & both[2]) | (both[0] & both[2]) | (both[0] & both[1])
+    return mask | plane
+
+
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """3-D hole filling (cavities not connected to the array border)."""
     return ndi.binary_fill_holes(mask)

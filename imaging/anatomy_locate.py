@@ -8,20 +8,22 @@ The steps, each a small function on an axis-aligned coarse grid (``i`` = +x pati
    reaches far to both sides -- the levels of the sacroiliac joints;
 3. the hip bones: a threshold ladder finds the lowest CT number at which big lateral
    bones come apart from the midline ones (the ilia have dense cortex, the sacral lateral
-   masses of older patients often do not); femoral heads are split off the same way and
-   as the thickest ball of bone far below the endplate;
+   masses of older patients often do not); each femur comes off its hip bone the same
+   way, and the femoral head is the largest ball of bone that the hip's dense bone (the
+   acetabular lining) does not enter;
 4. every bone voxel lateral to the first dense hip voxel met when walking out from the
    midline belongs to that hip (the SI joint is where the ilium's dense auricular cortex
    begins);
 5. the S1 superior endplate: the lowest "bright endplate under a dark disc" line in the
    anterior column of the midsagittal slab, above the ring;
 6. the sacrum: the remaining bone below the endplate plane connected to a midline seed
-   at the lower SI-joint levels.
+   at the lower SI-joint levels, without the arch of the last lumbar vertebra that hangs
+   below that plane behind the canal.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -51,13 +53,19 @@ class LocateParams:
     hip_piece_min_ml: float = 0.3
     hip_lateral_mm: float = 40.0
     hip_extend_hu: float = 150.0
-    femur_min_ml: float = 10.0
+    femur_min_ml: float = 3.0
     femur_drop_mm: float = 30.0
     hip_reach_mm: float = 25.0
     femur_below_mm: float = 50.0
     femur_lateral_mm: float = 55.0
     femur_min_radius_mm: float = 18.0
+    femur_head_mm: tuple[float, float] = (15.0, 35.0)
     femur_shell_mm: float = 8.0
+    arch_behind_mm: float = 18.0
+    arch_half_width_mm: float = 30.0
+    arch_depth_mm: float = 25.0
+    arch_above_mm: float = 6.0
+    arch_sacral_mm: float = 9.0
 
 
 @dataclass
@@ -80,6 +88,9 @@ class CoarseAnatomy:
         Unit normal of the endplate, toward the head (in the midsagittal plane).
     dense_hu : float
         CT number at which the hip bones separate from the midline bones.
+    femoral_heads : list of (centre, radius)
+        The femoral heads found: centre ``(3,)`` mm LPS and radius (mm) of the ball each
+        acetabulum holds.
     """
 
     grid: Grid
@@ -89,6 +100,7 @@ class CoarseAnatomy:
     endplate_point: np.ndarray
     endplate_normal: np.ndarray
     dense_hu: float
+    femoral_heads: list[tuple[np.ndarray, float]] = field(default_factory=list)
 
 
 def locate_pelvis(image: np.ndarray, grid: Grid, *, params: LocateParams) -> CoarseAnatomy:
@@ -118,7 +130,9 @@ def locate_pelvis(image: np.ndarray, grid: Grid, *, params: LocateParams) -> Coa
     dx = grid.axis_mm("x") - x0
     z_lo = grid.axis_mm("z")[k_lo] - 150.0
     z_hi = grid.axis_mm("z")[k_hi] + 80.0
-    core, grown, dense_hu = _hip_dense(image, grid, dx=dx, z_range=(z_lo, z_hi), params=params)
+    core, grown, hip_cores, dense_hu = _hip_dense(
+        image, grid, dx=dx, z_range=(z_lo, z_hi), params=params
+    )
     lateral = _lateral_of_dense(grown, solid, i_mid=int(np.argmin(np.abs(dx))))
     near_label, near_mm = _nearest_dense(grown, sp)
     seed = _sacral_seed(ring, dx, k_lo=k_lo, k_hi=k_hi, band_mm=params.midline_band_mm)
@@ -126,6 +140,9 @@ def locate_pelvis(image: np.ndarray, grid: Grid, *, params: LocateParams) -> Coa
         image, solid, grid, x0=x0, y_mid=y_mid, k_lo=k_lo, k_hi=k_hi, seed=seed
     )
     sacrum = _sacrum_region(solid & ~lateral, grid, seed=seed, point=point, normal=normal)
+    sacrum = _without_lumbar_arch(
+        sacrum, image, solid & ~lateral, grid, point=point, normal=normal, x0=x0, params=params
+    )
     labels = np.zeros(image.shape, np.uint8)
     rest = solid & ~sacrum
     hip = np.where(rest & (near_mm <= params.hip_reach_mm), near_label, 0)
@@ -134,7 +151,9 @@ def locate_pelvis(image: np.ndarray, grid: Grid, *, params: LocateParams) -> Coa
     labels[hip == 3] = RIGHT_HIP
     labels[rest & (labels == 0)] = OTHER_BONE
     labels[sacrum] = SACRUM
-    femur = _femoral_heads(solid, grid, x0=x0, endplate_z=float(point[2]), params=params)
+    femur, heads = _femoral_heads(
+        solid, hip_cores, grid, x0=x0, endplate_z=float(point[2]), params=params
+    )
     labels[femur & (labels != SACRUM)] = OTHER_BONE
     return CoarseAnatomy(
         grid=grid,
@@ -144,6 +163,7 @@ def locate_pelvis(image: np.ndarray, grid: Grid, *, params: LocateParams) -> Coa
         endplate_point=point,
         endplate_normal=normal,
         dense_hu=float(dense_hu),
+        femoral_heads=heads,
     )
 
 
@@ -243,7 +263,7 @@ def _hip_dense(
     dx: np.ndarray,
     z_range: tuple[float, float],
     params: LocateParams,
-) -> tuple[np.ndarray, np.ndarray, float]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Dense bone of each hip bone: 2 left, 3 right, 5 femur; 0 elsewhere.
 
     The lowest threshold of the ladder at which big lateral components exist on both sides
@@ -271,7 +291,7 @@ def _hip_dense(
     for comp, (side, vol) in sides.items():
         if vol >= params.hip_min_ml:
             dense[lab == comp] = side
-    dense = _split_femurs(image, dense, grid, start_hu=hu, params=params)
+    dense, hip_cores = _split_femurs(image, dense, grid, start_hu=hu, params=params)
     # grow into bright bone, competing with the midline components at this threshold
     markers = dense.astype(np.int32)
     midline = np.unique(lab[(np.abs(dxg) < params.midline_band_mm) & (lab > 0)])
@@ -279,7 +299,7 @@ def _hip_dense(
     grow_mask = ((image > params.hip_extend_hu) & in_z[:, None, None]) | (markers > 0)
     grown = watershed(np.zeros(image.shape, np.float32), markers, mask=grow_mask)
     grown = np.where(np.isin(grown, (2, 3, _FEMUR)), grown, 0).astype(np.uint8)
-    return dense, grown, float(hu)
+    return dense, grown, hip_cores, float(hu)
 
 
 def _lateral_components(
@@ -308,11 +328,18 @@ def _lateral_components(
 
 def _split_femurs(
     image: np.ndarray, dense: np.ndarray, grid: Grid, *, start_hu: float, params: LocateParams
-) -> np.ndarray:
-    """Relabel the femur (5) where a side's dense bone splits into a hip above, femur below."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Relabel the femur (5) where a side's dense bone splits into a hip above, femur below.
+
+    Returns the relabelled dense map and the *hip cores*: per side (2/3) the pure hip piece
+    at the lowest CT number where the femur comes off (the acetabulum's dense lining is
+    part of it); zeros for a side where no femur comes off.
+    """
     vox_ml = grid.voxel_volume_mm3() / 1000.0
-    cores = np.zeros(dense.shape, np.uint8)
+    out = dense.copy()
+    hip_cores = np.zeros(dense.shape, np.uint8)
     for side in (2, 3):
+        cores = np.zeros(dense.shape, np.uint8)
         found = False
         for hu in (h for h in params.hip_ladder_hu + (800.0, 1000.0) if h >= start_hu):
             lab, _ = ndi.label((image > hu) & (dense == side))
@@ -329,15 +356,16 @@ def _split_femurs(
             hip, femur = (big[0], big[1]) if zc[0] > zc[1] else (big[1], big[0])
             cores[lab == hip] = side
             cores[lab == femur] = _FEMUR
+            hip_cores[lab == hip] = side
             found = True
             break
         if not found:
-            cores[dense == side] = side
-    if not cores.any():
-        return dense
-    _, idx = ndi.distance_transform_edt(cores == 0, return_indices=True)
-    nearest = cores[tuple(idx)]
-    return np.where(dense > 0, nearest, 0).astype(np.uint8)
+            continue
+        # the rest of this side's dense bone goes to the nearer of its hip and femur pieces
+        _, idx = ndi.distance_transform_edt(cores == 0, return_indices=True)
+        nearest = cores[tuple(idx)]
+        out[dense == side] = nearest[dense == side]
+    return out, hip_cores
 
 
 def _lateral_of_dense(dense: np.ndarray, solid: np.ndarray, *, i_mid: int) -> np.ndarray:
@@ -364,27 +392,50 @@ def _nearest_dense(dense: np.ndarray, spacing: np.ndarray) -> tuple[np.ndarray, 
 
 
 def _femoral_heads(
-    solid: np.ndarray, grid: Grid, *, x0: float, endplate_z: float, params: LocateParams
-) -> np.ndarray:
-    """Balls of the femoral heads: the thickest lateral bone far below the S1 endplate.
+    solid: np.ndarray,
+    hip_cores: np.ndarray,
+    grid: Grid,
+    *,
+    x0: float,
+    endplate_z: float,
+    params: LocateParams,
+) -> tuple[np.ndarray, list[tuple[np.ndarray, float]]]:
+    """Balls of the femoral heads, far below the S1 endplate and lateral.
 
-    The femoral head is the largest inscribed ball of the pelvic bones (radius ~20-27 mm);
-    on each side the deepest point of the solid bone more than ``femur_below_mm`` below
-    the endplate and ``femur_lateral_mm`` from the midline, if thicker than
-    ``femur_min_radius_mm``, is taken as its centre.
+    The femoral head is a ball of cancellous bone cradled in the acetabulum's dense
+    lining. Where the hip's dense bone came apart from the femur (``hip_cores``), the head
+    is the largest ball of solid bone that this dense hip bone does not enter: it touches
+    the acetabular lining above and the soft tissue around the exposed part of the head.
+    Elsewhere the thickest point of the solid bone is taken, and its ball shrunk by
+    ``femur_shell_mm`` (the acetabular roof thickens the bone above the head): a rough
+    guess that only keeps the hip label off the head.
+
+    Returns the bone inside the balls and the heads found from the acetabular lining
+    (centre mm LPS, radius mm; plausible radii ``femur_head_mm``).
     """
     out = np.zeros(solid.shape, bool)
+    heads: list[tuple[np.ndarray, float]] = []
     x = grid.axis_mm("x") - x0
     z = grid.axis_mm("z")
     low = z < endplate_z - params.femur_below_mm
     if not low.any():
-        return out
-    edt = ndi.distance_transform_edt(solid, sampling=tuple(grid.spacing[::-1]))
+        return out, heads
     kk, jj, ii = np.indices(solid.shape, sparse=True)
-    for sel in (x > params.femur_lateral_mm, x < -params.femur_lateral_mm):
-        e = np.where(low[:, None, None] & sel[None, None, :], edt, 0.0)
+    sampling = tuple(grid.spacing[::-1])
+    plain: np.ndarray | None = None
+    for side, sel in ((2, x > params.femur_lateral_mm), (3, x < -params.femur_lateral_mm)):
+        region = low[:, None, None] & sel[None, None, :]
+        core = hip_cores == side
+        if core.any():
+            edt = ndi.distance_transform_edt(solid & ~core, sampling=sampling)
+            shell, lo, hi = 0.0, params.femur_head_mm[0], params.femur_head_mm[1]
+        else:
+            if plain is None:
+                plain = ndi.distance_transform_edt(solid, sampling=sampling)
+            edt, shell, lo, hi = plain, params.femur_shell_mm, params.femur_min_radius_mm, np.inf
+        e = np.where(region, edt, 0.0)
         radius = float(e.max())
-        if radius < params.femur_min_radius_mm:
+        if not lo <= radius <= hi:
             continue
         k, j, i = np.unravel_index(int(np.argmax(e)), e.shape)
         d2 = (
@@ -392,8 +443,10 @@ def _femoral_heads(
             + ((jj - j) * grid.spacing[1]) ** 2
             + ((ii - i) * grid.spacing[0]) ** 2
         )
-        out |= solid & (d2 <= (radius - params.femur_shell_mm) ** 2)
-    return out
+        out |= solid & (d2 <= (radius - shell) ** 2)
+        if core.any():
+            heads.append((grid.index_to_world(np.array([k, j, i], float)), radius))
+    return out, heads
 
 
 # -- 5. S1 endplate ---------------------------------------------------------------------------
@@ -519,6 +572,47 @@ def _endplate_scores(
 
 
 # -- 6. sacrum --------------------------------------------------------------------------------
+
+
+def _without_lumbar_arch(
+    sacrum: np.ndarray,
+    image: np.ndarray,
+    candidates: np.ndarray,
+    grid: Grid,
+    *,
+    point: np.ndarray,
+    normal: np.ndarray,
+    x0: float,
+    params: LocateParams,
+) -> np.ndarray:
+    """The sacrum without the arch of the last lumbar vertebra.
+
+    The laminae, spinous and inferior articular processes of L5 hang below the plane of
+    the S1 endplate behind the canal, touching the sacrum at the facet joints. Behind the
+    S1 body (``arch_behind_mm`` behind the endplate centre), within ``arch_half_width_mm``
+    of the midline and less than ``arch_depth_mm`` below the plane, the bone that the
+    vertebra above (``arch_above_mm`` above the plane) reaches through brighter bone than
+    the sacrum (everything else of it, and what lies deeper than ``arch_sacral_mm``) is
+    the vertebra's. Flooding runs in bone above ``bone_hu`` only, so it stops at the
+    interlaminar gap and crosses a facet joint only where no darker gap shows.
+    """
+    kk, jj, ii = np.indices(sacrum.shape, sparse=True)
+    o, s = grid.origin, grid.spacing
+    x = o[0] + ii * s[0]
+    y = o[1] + jj * s[1]
+    z = o[2] + kk * s[2]
+    height = (x - point[0]) * normal[0] + (y - point[1]) * normal[1] + (z - point[2]) * normal[2]
+    zone = (
+        (y - point[1] >= params.arch_behind_mm)
+        & (np.abs(x - x0) <= params.arch_half_width_mm)
+        & (height > -params.arch_depth_mm)
+    )
+    markers = np.zeros(sacrum.shape, np.int32)
+    markers[sacrum & (~zone | (height < -params.arch_sacral_mm))] = 1
+    markers[candidates & ~sacrum & (height > params.arch_above_mm)] = 2
+    mask = ((image > params.bone_hu) & (sacrum | candidates)) | (markers > 0)
+    flooded = watershed(-ndi.gaussian_filter(image, 0.5), markers, mask=mask)
+    return sacrum & ~(zone & (flooded == 2))
 
 
 def _sacrum_region(

@@ -4,9 +4,9 @@ Two grids: the default 1 mm grid, and an anisotropic oblique one (0.8 x 0.8 x 2.
 rotated (5, -3, 4) degrees). Truth comes from :mod:`imaging.phantom` (label map and
 analytic landmarks), never from the segmentation.
 
-The ilium Dice is computed within the crop the segmentation returns (the crop holds the
-sacrum plus 45 mm to each side, so the ilium near the SI joints; the iliac crest and the
-acetabulum lie partly outside): "within the region we segment as ilium".
+The ilium Dice is computed within the crop the segmentation returns: "within the region
+we segment as ilium" (the crop holds the sacrum and both whole hip bones in the field of
+view, so this is the whole hip bone).
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The sacroplan workstation: PySide6 windows and VTK views."""

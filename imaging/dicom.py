@@ -26,6 +26,7 @@ from imaging.dicom_headers import (
     NotLoadableError,
     dicomdir_references,
     read_records,
+    reraise_interrupts,
 )
 from imaging.dicom_pixels import read_series_array, same_pixels
 from imaging.errors import StudyReadError
@@ -63,7 +64,8 @@ def scan_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[SeriesPlan
             records.extend(read_records(path))
         except NotLoadableError as exc:
             skipped.append(Refusal([os.fspath(path)], str(exc), kind="file"))
-        except Exception as exc:  # a header no reader should choke on, but did
+        except BaseException as exc:  # a header no reader should choke on, but did
+            reraise_interrupts(exc)
             reason = f"unreadable file ({_short(exc)})"
             skipped.append(Refusal([os.fspath(path)], reason, kind="file"))
     plans, refusals = plan_all(records, same_pixels=same_pixels)
@@ -82,13 +84,31 @@ def dicomdir_files(path: str | os.PathLike[str]) -> tuple[list[Path], list[Refus
         refs = dicomdir_references(path)
     except NotLoadableError as exc:
         raise StudyReadError(f"cannot read the DICOMDIR {path}: {exc}") from exc
-    present = [p for p in refs if p.is_file()]
+    root = Path(path).parent.resolve()
+    inside = [p for p in refs if _within(p, root)]
+    outside = [
+        Refusal(
+            [os.fspath(p)],
+            "listed in the DICOMDIR but outside its folder: not read (a damaged or forged index)",
+            kind="file",
+        )
+        for p in refs
+        if p not in inside
+    ]
+    present = [p for p in inside if p.is_file()]
     missing = [
         Refusal([os.fspath(p)], "listed in the DICOMDIR but missing on disk", kind="file")
-        for p in refs
+        for p in inside
         if not p.is_file()
     ]
-    return present, missing
+    return present, outside + missing
+
+
+def _within(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, ValueError, RuntimeError):  # unresolvable (loops, bad names)
+        return False
 
 
 def load_plan(plan: SeriesPlan) -> Volume:

@@ -29,6 +29,8 @@ _ORIENTATION_TOL_DEG = 0.5
 _MAX_GAP_FACTOR = 3.0
 _MAX_RESAMPLE_FACTOR = 10
 _MAX_SLICES = 5000
+# Row and column directions further than ~11 degrees from perpendicular are unusable.
+_MAX_ROW_COLUMN_COSINE = 0.2
 
 
 class SeriesRefused(Exception):  # noqa: N818 - internal control flow, never escapes
@@ -194,11 +196,15 @@ def _orientation_key_factory() -> Callable[[ImageRecord], Hashable]:
 
 
 def _unit_rows(iop: np.ndarray) -> np.ndarray | None:
+    """Unit row and column directions, or None when they are null or far from perpendicular."""
     r, c = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
     nr, nc = np.linalg.norm(r), np.linalg.norm(c)
-    if nr < 1e-6 or nc < 1e-6:
+    if not (1e-6 < nr < 1e6 and 1e-6 < nc < 1e6):
         return None
-    return np.stack([r / nr, c / nc])
+    r, c = r / nr, c / nc
+    if abs(float(np.dot(r, c))) > _MAX_ROW_COLUMN_COSINE:
+        return None
+    return np.stack([r, c])
 
 
 def _describe_orientation(key: Hashable, rec: ImageRecord) -> str:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import stat
 import struct
 import warnings
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,10 +35,19 @@ NATIVE_TS = {
     "1.2.840.10008.1.2.1": (False, True),  # explicit VR little endian
     "1.2.840.10008.1.2.2": (False, False),  # explicit VR big endian
 }
-_GZIP_MAX_BYTES = 2_000_000_000
+_GZIP_MAX_BYTES = 512 << 20  # a gzip-compressed DICOM file may expand to 512 MiB
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = (0xFFFE, 0xE000)
 _SEQ_END = (0xFFFE, 0xE0DD)
+#: Largest image (Rows x Columns) and frame count a file may claim; CT and MR stay far below.
+MAX_FRAME_PIXELS = 16384 * 16384
+MAX_FRAMES = 5000
+#: Plausible ranges of header numbers; values outside count as missing (or damage).
+PLAUSIBLE_SPACING_MM = (1e-3, 1e3)
+MAX_COORDINATE_MM = 1e7
+MAX_COSINE = 10.0
+MAX_RESCALE_SLOPE = 1e6
+MAX_RESCALE_INTERCEPT = 1e7
 _LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN", b"SV"}
 
 # Objects that are never anatomical image volumes (SOP class root -> what it is). A root
@@ -89,6 +100,18 @@ _NON_IMAGE_MODALITIES: dict[str, str] = {
 
 class NotLoadableError(Exception):
     """The file is not a loadable image; ``str(exc)`` is the reason, in plain words."""
+
+
+def reraise_interrupts(exc: BaseException) -> None:
+    """Re-raise ``exc`` when it must stop the program (Ctrl-C, exit); return otherwise.
+
+    Some decoders (Rust extensions) report a damaged stream with a *panic*, an exception
+    that derives from ``BaseException`` rather than ``Exception``. Handlers around them
+    catch ``BaseException`` and call this first, so a panic becomes an ordinary "cannot
+    decode" error while an interrupt still stops the program.
+    """
+    if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+        raise exc
 
 
 @dataclass(frozen=True)
@@ -200,7 +223,11 @@ def open_dicom(path: str | os.PathLike[str]) -> Iterator[tuple[IO[bytes], str]]:
     """
     path = os.fspath(path)
     try:
-        size = os.path.getsize(path)
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            # a pipe or a device would block or never end: never opened
+            raise NotLoadableError("not a regular file (a device, pipe or socket)")
+        size = info.st_size
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError as exc:
@@ -233,9 +260,14 @@ def _gunzip_dicom(path: str) -> bytes:
             head = gz.read(132)
             if not (head[128:132] == b"DICM" or _looks_like_raw_dataset(head)):
                 raise NotLoadableError("gzip-compressed file that does not contain DICOM")
-            data = head + gz.read(_GZIP_MAX_BYTES)
-    except (OSError, EOFError) as exc:
+            data = head + gz.read(_GZIP_MAX_BYTES + 1)
+    except (OSError, EOFError, zlib.error) as exc:
         raise NotLoadableError(f"damaged gzip file ({exc})") from exc
+    if len(data) > _GZIP_MAX_BYTES:
+        raise NotLoadableError(
+            f"gzip-compressed file that expands to more than {_GZIP_MAX_BYTES // 2**20} MB: "
+            "decompress it yourself if it really is one DICOM image"
+        )
     if data[128:132] != b"DICM":
         data = b"\0" * 128 + b"DICM" + data if data[:4] != b"DICM" else b"\0" * 128 + data
     return data
@@ -258,7 +290,8 @@ def read_dataset(stream: IO[bytes], *, stop_before_pixels: bool = True) -> Datas
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return pydicom.dcmread(stream, force=True, stop_before_pixels=stop_before_pixels)
-    except Exception as exc:  # pydicom raises many types on damaged input
+    except BaseException as exc:  # pydicom raises many types on damaged input
+        reraise_interrupts(exc)
         raise NotLoadableError(f"unreadable DICOM header ({_short(exc)})") from exc
 
 
@@ -289,7 +322,12 @@ def dicomdir_references(path: str | os.PathLike[str]) -> list[Path]:
         if not ref:
             continue
         parts = [ref] if isinstance(ref, str) else [str(p) for p in ref]
-        target = _resolve_case_insensitive(path.parent, parts)
+        if not parts or any(not p or "\x00" in p for p in parts):
+            continue
+        try:
+            target = _resolve_case_insensitive(path.parent, parts)
+        except (OSError, ValueError):  # a name no file system accepts
+            continue
         key = str(target)
         if key not in seen:
             seen.add(key)
@@ -336,6 +374,7 @@ def read_records(path: str | os.PathLike[str]) -> list[ImageRecord]:
 
 def _read_records(path: str) -> list[ImageRecord]:
     with open_dicom(path) as (stream, container):
+        _check_deflated_size(stream)
         ds = read_dataset(stream)
         if is_dicomdir(ds):
             raise NotLoadableError("DICOMDIR index")
@@ -356,6 +395,62 @@ def _read_records(path: str) -> list[ImageRecord]:
     layout = _layout(ds, transfer_syntax, container, pixel)
     _check_pixel_length(layout, pixel)
     return _frame_records(path, ds, layout)
+
+
+def _check_deflated_size(stream: IO[bytes]) -> None:
+    """Refuse a deflated data set that would inflate beyond 512 MiB (a zip bomb).
+
+    pydicom inflates a Deflated Explicit VR Little Endian data set in one piece; this
+    streams it first, keeping nothing, and only when the file meta says it is deflated.
+    """
+    start = stream.tell()
+    limit = _GZIP_MAX_BYTES
+    try:
+        stream.seek(0)
+        head = stream.read(1 << 16)
+        offset, syntax = _file_meta_end(head)
+        if syntax not in DEFLATED_TS:
+            return
+        stream.seek(offset)
+        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        total = 0
+        while chunk := stream.read(1 << 16):
+            total += len(inflater.decompress(chunk, limit + 1 - total))
+            if total > limit or inflater.unconsumed_tail:
+                raise NotLoadableError(
+                    f"deflated DICOM data that inflates to more than {limit // 2**20} MB "
+                    "(damaged, or a decompression bomb)"
+                )
+            if inflater.eof:
+                return
+    except zlib.error:
+        return  # damaged deflate data: reading it reports the damage
+    finally:
+        stream.seek(start)
+
+
+def _file_meta_end(head: bytes) -> tuple[int, str]:
+    """Offset after the file meta group (0002) and its Transfer Syntax UID, from raw bytes."""
+    if head[128:132] != b"DICM":
+        return 0, ""
+    pos, syntax = 132, ""
+    while pos + 8 <= len(head):
+        group, elem = struct.unpack("<HH", head[pos : pos + 4])
+        if group != 0x0002:
+            break
+        vr = head[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(head):
+                break
+            (length,) = struct.unpack("<L", head[pos + 8 : pos + 12])
+            value = pos + 12
+        else:
+            (length,) = struct.unpack("<H", head[pos + 6 : pos + 8])
+            value = pos + 8
+        if elem == 0x0010:
+            syntax = head[value : value + length].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = value + length
+    return pos, syntax
 
 
 def _header_truncated(ds: Dataset, stream: IO[bytes]) -> bool:
@@ -379,6 +474,7 @@ class _PixelElement:
     value_offset: int | None
     value_length: int | None
     other: str = ""  # name of another pixel element (float pixel data) when present
+    items: int | None = None  # items of encapsulated pixel data (offset table included)
 
 
 def _short(exc: BaseException, limit: int = 120) -> str:
@@ -406,15 +502,16 @@ def _number(value: Any) -> float | None:
     return out if np.isfinite(out) else None
 
 
-def _numbers(value: Any, count: int) -> np.ndarray | None:
+def _numbers(value: Any, count: int, *, limit: float = MAX_COORDINATE_MM) -> np.ndarray | None:
+    """``count`` finite numbers no larger than ``limit`` in magnitude, else None."""
     if value is None:
         return None
     try:
         items = list(value) if not isinstance(value, str | bytes) else [value]
         arr = np.array([float(v) for v in items], dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    if arr.shape != (count,) or not np.all(np.isfinite(arr)):
+    if arr.shape != (count,) or not np.all(np.isfinite(arr)) or np.any(np.abs(arr) > limit):
         return None
     return arr
 
@@ -504,8 +601,8 @@ def _inspect_pixel_element(stream: IO[bytes], *, implicit: bool, little: bool) -
         (length,) = struct.unpack(fmt + "H", head[6:8])
         value_offset = start + 8
     if length == _UNDEFINED:
-        delimiter = _walk_fragments(stream, value_offset, end, fmt)
-        return _PixelElement(True, True, value_offset, delimiter - value_offset)
+        delimiter, items = _walk_fragments(stream, value_offset, end, fmt)
+        return _PixelElement(True, True, value_offset, delimiter - value_offset, items=items)
     if value_offset + length > end:
         missing = value_offset + length - end
         raise NotLoadableError(
@@ -515,8 +612,9 @@ def _inspect_pixel_element(stream: IO[bytes], *, implicit: bool, little: bool) -
     return _PixelElement(True, False, value_offset, length)
 
 
-def _walk_fragments(stream: IO[bytes], offset: int, end: int, fmt: str) -> int:
-    """Follow the items of encapsulated pixel data; return the delimiter's offset."""
+def _walk_fragments(stream: IO[bytes], offset: int, end: int, fmt: str) -> tuple[int, int]:
+    """Follow the items of encapsulated pixel data; return the delimiter's offset and the
+    number of items (the offset table included)."""
     pos = offset
     items = 0
     while True:
@@ -529,7 +627,7 @@ def _walk_fragments(stream: IO[bytes], offset: int, end: int, fmt: str) -> int:
             )
         group, elem, length = struct.unpack(fmt + "HHL", head)
         if (group, elem) == _SEQ_END:
-            return pos
+            return pos, items
         if (group, elem) != _ITEM or length == _UNDEFINED:
             raise NotLoadableError(f"damaged compressed pixel data (unexpected tag at byte {pos})")
         pos += 8 + length
@@ -582,6 +680,7 @@ def _layout(ds: Dataset, transfer_syntax: str, container: str, pixel: _PixelElem
     if "NumberOfFrames" in ds and n_frames is None:
         raise NotLoadableError(f"invalid Number of Frames {_text(ds, 'NumberOfFrames')!r}")
     n_frames = max(1, n_frames or 1)
+    _check_frames(rows, cols, n_frames, pixel)
     return PixelLayout(
         transfer_syntax=transfer_syntax,
         rows=rows,
@@ -596,6 +695,27 @@ def _layout(ds: Dataset, transfer_syntax: str, container: str, pixel: _PixelElem
         value_offset=pixel.value_offset,
         value_length=pixel.value_length,
     )
+
+
+def _check_frames(rows: int, cols: int, n_frames: int, pixel: _PixelElement) -> None:
+    """Refuse frame sizes and counts no CT or MR has, before anything is allocated."""
+    if rows < 0 or cols < 0:
+        raise NotLoadableError(f"invalid image size in the header: {cols} x {rows} pixels")
+    if rows * cols > MAX_FRAME_PIXELS:
+        raise NotLoadableError(
+            f"the header claims {cols} x {rows} pixels per image, more than any CT or MR image "
+            f"(at most {MAX_FRAME_PIXELS:,} pixels); the file is damaged"
+        )
+    if n_frames > MAX_FRAMES:
+        raise NotLoadableError(
+            f"the header claims {n_frames:,} frames; at most {MAX_FRAMES:,} images per file "
+            "can be loaded (the file is damaged, or not a CT or MR volume)"
+        )
+    if pixel.encapsulated and pixel.items is not None and n_frames > max(1, pixel.items):
+        raise NotLoadableError(
+            f"Number of Frames says {n_frames} but the compressed pixel data holds only "
+            f"{max(0, pixel.items - 1)} fragment(s): damaged or truncated file"
+        )
 
 
 def _check_pixel_length(layout: PixelLayout, pixel: _PixelElement) -> None:
@@ -624,7 +744,7 @@ def _frame_records(path: str, ds: Dataset, layout: PixelLayout) -> list[ImageRec
     base = _base_record(path, ds, layout)
     if layout.n_frames == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
         base.position = _numbers(ds.get("ImagePositionPatient"), 3)
-        base.orientation = _numbers(ds.get("ImageOrientationPatient"), 6)
+        base.orientation = _numbers(ds.get("ImageOrientationPatient"), 6, limit=MAX_COSINE)
         return [base]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared = ds.get("SharedFunctionalGroupsSequence")
@@ -634,8 +754,8 @@ def _frame_records(path: str, ds: Dataset, layout: PixelLayout) -> list[ImageRec
 
 
 def _base_record(path: str, ds: Dataset, layout: PixelLayout) -> ImageRecord:
-    slope = _number(ds.get("RescaleSlope"))
-    intercept = _number(ds.get("RescaleIntercept"))
+    slope, slope_notes = _rescale(ds, "Slope")
+    intercept, intercept_notes = _rescale(ds, "Intercept")
     series_uid: str | None = _text(ds, "SeriesInstanceUID") if "SeriesInstanceUID" in ds else None
     spacing = _numbers(ds.get("PixelSpacing"), 2)
     record = ImageRecord(
@@ -668,6 +788,8 @@ def _base_record(path: str, ds: Dataset, layout: PixelLayout) -> ImageRecord:
         has_rescale=slope is not None or intercept is not None,
         modality_lut="ModalityLUTSequence" in ds and slope is None,
     )
+    name = os.path.basename(path)
+    record.notes.extend(f"{name}: {note}" for note in slope_notes + intercept_notes)
     if layout.container == "no-preamble":
         record.notes.append(f"{os.path.basename(path)} has no DICOM preamble; read anyway")
     elif layout.container == "gzip":
@@ -676,14 +798,47 @@ def _base_record(path: str, ds: Dataset, layout: PixelLayout) -> ImageRecord:
 
 
 def _spacing_pair(values: np.ndarray | None) -> tuple[float, float] | None:
-    if values is None or np.any(values <= 0):
+    lo, hi = PLAUSIBLE_SPACING_MM
+    if values is None or np.any(values < lo) or np.any(values > hi):
         return None
     return float(values[0]), float(values[1])
 
 
 def _positive(value: Any) -> float | None:
+    """A spacing or thickness (mm) within :data:`PLAUSIBLE_SPACING_MM`, else None."""
     out = _number(value)
-    return out if out is not None and out > 0 else None
+    lo, hi = PLAUSIBLE_SPACING_MM
+    return out if out is not None and lo <= out <= hi else None
+
+
+def _rescale(ds: Any, name: str) -> tuple[float | None, list[str]]:
+    """Rescale Slope or Intercept: the value (None when absent or unusable) and notes.
+
+    Raises
+    ------
+    NotLoadableError
+        When the value is a number too large (or a slope too small) for any real image.
+    """
+    keyword = f"Rescale{name}"
+    try:
+        present = keyword in ds and _text(ds, keyword) != ""
+    except Exception:
+        present = False
+    value = _number(ds.get(keyword)) if present else None
+    notes: list[str] = []
+    if present and value is None:
+        default = "1" if name == "Slope" else "0"
+        notes.append(f"Rescale {name} {_text(ds, keyword)[:20]!r} is not a number: {default} used")
+    if value is None:
+        return None, notes
+    limit = MAX_RESCALE_SLOPE if name == "Slope" else MAX_RESCALE_INTERCEPT
+    if abs(value) > limit or (name == "Slope" and 0 < abs(value) < 1 / MAX_RESCALE_SLOPE):
+        raise NotLoadableError(
+            f"implausible Rescale {name} {value:g} (the file is damaged); re-export the series"
+        )
+    if name == "Slope" and value == 0:
+        notes.append("Rescale Slope 0 is not allowed: 1 used")
+    return value, notes
 
 
 def _group_item(item: Any, sequence: str) -> Any:
@@ -720,10 +875,12 @@ def _enhanced_records(
         content = _group_item(frame_item, "FrameContentSequence")
         rec.position = _numbers(plane_pos.get("ImagePositionPatient"), 3) if plane_pos else None
         rec.orientation = (
-            _numbers(plane_ori.get("ImageOrientationPatient"), 6) if plane_ori else None
+            _numbers(plane_ori.get("ImageOrientationPatient"), 6, limit=MAX_COSINE)
+            if plane_ori
+            else None
         )
         if rec.orientation is None:
-            rec.orientation = _numbers(ds.get("ImageOrientationPatient"), 6)
+            rec.orientation = _numbers(ds.get("ImageOrientationPatient"), 6, limit=MAX_COSINE)
         if measures is not None:
             spacing = _spacing_pair(_numbers(measures.get("PixelSpacing"), 2))
             rec.pixel_spacing = spacing or rec.pixel_spacing
@@ -732,8 +889,8 @@ def _enhanced_records(
                 _positive(measures.get("SpacingBetweenSlices")) or rec.spacing_between_slices
             )
         if transform is not None:
-            slope = _number(transform.get("RescaleSlope"))
-            intercept = _number(transform.get("RescaleIntercept"))
+            slope, _ = _rescale(transform, "Slope")
+            intercept, _ = _rescale(transform, "Intercept")
             rec.slope = slope if slope not in (None, 0.0) else rec.slope
             rec.intercept = intercept if intercept is not None else rec.intercept
             rec.has_rescale = rec.has_rescale or slope is not None or intercept is not None
@@ -762,7 +919,7 @@ def _legacy_multiframe_records(
     origin = _numbers(ds.get("ImagePositionPatient"), 3)
     iop = records[0].orientation
     if iop is None:
-        iop = _numbers(ds.get("ImageOrientationPatient"), 6)
+        iop = _numbers(ds.get("ImageOrientationPatient"), 6, limit=MAX_COSINE)
     offsets = _numbers(ds.get("GridFrameOffsetVector"), n) if n > 1 else np.zeros(1)
     name = os.path.basename(base.path)
     notes: list[str] = []

@@ -3,7 +3,9 @@
 Uncompressed little-/big-endian pixels are read straight from the file at the offset the
 scan recorded (no second header parse, no float64); everything else goes through
 pydicom's decoders (pylibjpeg, openjpeg, pyjpegls, RLE, deflate), with SimpleITK's GDCM
-as a last resort for non-conformant JPEG streams.
+as a last resort for non-conformant JPEG streams. GDCM runs in a child process
+(:mod:`imaging.dicom_gdcm`), so a crash or a hang on a damaged file costs only that file;
+a decoder's panic (a ``BaseException`` from a Rust extension) is a decoding error too.
 
 Output: CT in Hounsfield units as int16 when slope and intercept are integers and every
 value fits, otherwise float32; other modalities float32. Resampled volumes (gantry tilt,
@@ -13,14 +15,17 @@ uneven spacing) are float32.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
-import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
+from imaging.dicom_gdcm import GdcmDecodeError, IsolatedGdcm
 from imaging.dicom_geometry import SeriesPlan
 from imaging.dicom_headers import (
     ImageRecord,
@@ -28,11 +33,13 @@ from imaging.dicom_headers import (
     PixelLayout,
     open_dicom,
     read_dataset,
+    reraise_interrupts,
     sop_class_name,
 )
 from imaging.errors import StudyReadError
 
 _INT16_MIN, _INT16_MAX = -32768, 32767
+_local = threading.local()  # the GDCM child process of the series being read, if any
 
 
 class _Int16Overflow(Exception):  # noqa: N818 - internal control flow
@@ -57,15 +64,27 @@ def read_series_array(plan: SeriesPlan) -> np.ndarray:
     StudyReadError
         When a file cannot be read or decoded; the message names the file.
     """
-    if plan.resampling is not None:
-        stack = _read_stack(plan.records, np.float32)
-        return _resample(stack, plan)
-    if _int16_candidate(plan.records):
-        try:
-            return _read_stack(plan.records, np.int16)
-        except _Int16Overflow:
-            pass
-    return _read_stack(plan.records, np.float32)
+    with _gdcm_for_series():
+        if plan.resampling is not None:
+            stack = _read_stack(plan.records, np.float32)
+            return _resample(stack, plan)
+        if _int16_candidate(plan.records):
+            try:
+                return _read_stack(plan.records, np.int16)
+            except _Int16Overflow:
+                pass
+        return _read_stack(plan.records, np.float32)
+
+
+def output_dtype(plan: SeriesPlan) -> np.dtype:
+    """The data type :func:`read_series_array` returns for ``plan`` (int16 or float32).
+
+    From the headers only; an int16 candidate whose values turn out not to fit is
+    returned as float32 instead.
+    """
+    if plan.resampling is None and _int16_candidate(plan.records):
+        return np.dtype(np.int16)
+    return np.dtype(np.float32)
 
 
 def same_pixels(a: ImageRecord, b: ImageRecord) -> bool:
@@ -88,7 +107,8 @@ def same_pixels(a: ImageRecord, b: ImageRecord) -> bool:
     try:
         va = _read_stack([a], np.float32)[0]
         vb = _read_stack([b], np.float32)[0]
-    except Exception:
+    except BaseException as exc:  # a decoder's panic too
+        reraise_interrupts(exc)
         return False
     return va.shape == vb.shape and bool(np.array_equal(va, vb))
 
@@ -204,7 +224,8 @@ def _decode_file(path: str, records: list[ImageRecord]) -> dict[int, tuple[np.nd
                 arr = apply_modality_lut(arr, ds)
     except NotLoadableError as exc:
         raise StudyReadError(f"cannot read {path}: {exc}") from exc
-    except Exception as exc:  # decoders raise RuntimeError, ValueError, ...
+    except BaseException as exc:  # decoders raise RuntimeError, ValueError, panics, ...
+        reraise_interrupts(exc)
         arr = _gdcm_fallback(path, layout, exc)
         rescaled = True
     arr = np.asarray(arr)
@@ -237,21 +258,41 @@ def _dataset_with_pixels(path: str, layout: PixelLayout) -> Dataset:
     return ds
 
 
-def _gdcm_fallback(path: str, layout: PixelLayout, error: Exception) -> np.ndarray:
-    """Decode one file with SimpleITK/GDCM (values come back already rescaled)."""
+@contextmanager
+def _gdcm_for_series() -> Iterator[None]:
+    """Share one GDCM child process among the files of one series (started on first use)."""
+    if getattr(_local, "gdcm", None) is not None:
+        yield
+        return
+    _local.gdcm = IsolatedGdcm()
+    try:
+        yield
+    finally:
+        child, _local.gdcm = _local.gdcm, None
+        child.close()
+
+
+def _gdcm_fallback(path: str, layout: PixelLayout, error: BaseException) -> np.ndarray:
+    """Decode one file with SimpleITK/GDCM (values come back already rescaled).
+
+    GDCM runs in a child process (:mod:`imaging.dicom_gdcm`): the files that reach it are
+    the damaged ones, and a crash or a hang there must only cost this file.
+    """
     reason = _first_line(error)
     if layout.container != "plain" or layout.n_frames != 1:
         raise _decode_error(path, layout, reason) from error
     try:
-        reader = sitk.ImageFileReader()
-        reader.SetImageIO("GDCMImageIO")
-        reader.SetFileName(os.fspath(path))
-        image = reader.Execute()
-    except RuntimeError:
+        shared = getattr(_local, "gdcm", None)
+        if shared is not None:
+            array = shared.decode(os.fspath(path))
+        else:
+            with IsolatedGdcm() as gdcm:
+                array = gdcm.decode(os.fspath(path))
+    except GdcmDecodeError as exc:
+        raise _decode_error(path, layout, f"{reason} (GDCM: {exc})") from error
+    if array.size == 0 or array.size % (layout.rows * layout.columns):
         raise _decode_error(path, layout, reason) from error
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise _decode_error(path, layout, reason) from error
-    return sitk.GetArrayViewFromImage(image).reshape(-1, layout.rows, layout.columns).copy()
+    return array.reshape(-1, layout.rows, layout.columns)
 
 
 def _decode_error(path: str, layout: PixelLayout, reason: str) -> StudyReadError:
@@ -262,7 +303,7 @@ def _decode_error(path: str, layout: PixelLayout, reason: str) -> StudyReadError
     )
 
 
-def _first_line(error: Exception) -> str:
+def _first_line(error: BaseException) -> str:
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
     text = " / ".join(lines[:3]) or type(error).__name__
     return text if len(text) <= 240 else text[:239] + "…"

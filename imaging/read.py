@@ -26,22 +26,37 @@ import SimpleITK as sitk
 
 from imaging.dicom import SeriesPlan, dicomdir_files, load_plan, scan_files
 from imaging.dicom_geometry import Refusal
-from imaging.dicom_headers import DICOMDIR_SOP_CLASS
-from imaging.errors import SacroplanError, SeriesGeometryError, StudyReadError
+from imaging.dicom_headers import DICOMDIR_SOP_CLASS, reraise_interrupts
+from imaging.dicom_pixels import output_dtype
+from imaging.errors import MemoryBudgetError, SacroplanError, SeriesGeometryError, StudyReadError
 from imaging.volume import Volume, orientation_from_normal
 
 __all__ = [
+    "MEMORY_BUDGET_ENV",
+    "WORKING_SET_FACTOR",
     "ScanResult",
     "SeriesInfo",
     "SkippedFile",
     "VolumeFileSource",
+    "check_memory_budget",
     "load",
     "load_series",
+    "memory_budget_mb",
+    "memory_needed_mb",
     "scan",
 ]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 _LABEL_MAX_VALUES = 255
+
+#: Environment variable holding the memory budget in MB (loading + planning one study).
+MEMORY_BUDGET_ENV = "SACROPLAN_MEMORY_BUDGET_MB"
+#: Peak memory of loading and planning a study as a multiple of its voxel array's bytes
+#: (``bench/bench_memory.py`` measures it on a 512 x 512 x 300 CT).
+WORKING_SET_FACTOR = 3.5
+_DEFAULT_BUDGET_FRACTION = 0.5  # of the physical memory, when no budget is configured
+_FALLBACK_BUDGET_MB = 4096.0  # when the physical memory cannot be read
+_MB = 1024.0 * 1024.0
 
 
 @dataclass(eq=False)
@@ -169,10 +184,15 @@ def scan(path: str | os.PathLike[str]) -> ScanResult:
             return _scan_folder(root)
         if root.is_file():
             return _scan_file(root)
+        exists = root.exists()
     except SacroplanError:
         raise
-    except OSError as exc:
-        raise StudyReadError(f"cannot read {root}: {exc.strerror or exc}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a name with a NUL character
+        raise StudyReadError(
+            f"cannot read {root}: {getattr(exc, 'strerror', None) or exc}"
+        ) from exc
+    if exists:
+        raise StudyReadError(f"{root} is not a file or folder (a device, pipe or socket)")
     raise StudyReadError(f"no such file or folder: {root}")
 
 
@@ -215,6 +235,7 @@ def _combine(
 ) -> ScanResult:
     plans, refusals = scan_files(dicom_files)
     series = [_info_from_plan(p) for p in plans]
+    budget = _budget_or_none()
     skipped = skipped + _skipped_from(refusals)
     if series and volume_files:
         # A DICOM study folder with a derived NIfTI/NRRD beside it: the study comes first.
@@ -223,9 +244,14 @@ def _combine(
         volume_files = []
     for path in volume_files:
         try:
-            series.append(_scan_volume_file(path, uid=_volume_uid(path, root)))
-        except StudyReadError as exc:
+            series.append(_scan_volume_file(path, uid=_volume_uid(path, root), budget_mb=budget))
+        except (StudyReadError, MemoryBudgetError) as exc:
             skipped.append(SkippedFile(str(path), str(exc)))
+    if budget is not None:
+        for info in series:
+            needed = memory_needed_mb(info)
+            if needed > budget:
+                info.warnings.append(_over_budget_text(info, needed, budget, "cannot be loaded"))
     return ScanResult(series=series, skipped=skipped)
 
 
@@ -274,13 +300,16 @@ def _info_from_plan(plan: SeriesPlan) -> SeriesInfo:
 
 # ------------------------------------------------------------------------------------------------
 # load
-def load_series(info: SeriesInfo) -> Volume:
-    """Load one scanned series.
+def load_series(info: SeriesInfo, *, budget_mb: float | None = None) -> Volume:
+    """Load one scanned series, after checking it fits the memory budget.
 
     Parameters
     ----------
     info : SeriesInfo
         From :func:`scan`.
+    budget_mb : float, optional
+        Memory budget (MB) for loading and planning this series; default
+        :func:`memory_budget_mb`. A series needing more is refused, never downsampled.
 
     Returns
     -------
@@ -291,10 +320,14 @@ def load_series(info: SeriesInfo) -> Volume:
 
     Raises
     ------
+    MemoryBudgetError
+        When the series needs more memory than the budget (checked from the headers,
+        before anything is read).
     StudyReadError
         When the files cannot be read or decoded (the message names the file).
     """
     source = info.source
+    check_memory_budget(info, budget_mb=budget_mb)
     try:
         if isinstance(source, SeriesPlan):
             return load_plan(source)
@@ -307,14 +340,17 @@ def load_series(info: SeriesInfo) -> Volume:
             f"not enough memory to load series {info.uid} ({_size_text(info)}); close other "
             "programs or load a smaller series"
         ) from exc
-    except Exception as exc:
+    except BaseException as exc:  # decoders may panic with a BaseException
+        reraise_interrupts(exc)
         raise StudyReadError(
             f"cannot load series {info.uid} ({info.description or info.modality}): {exc}"
         ) from exc
     raise StudyReadError(f"series {info.uid} has nothing to load from; scan the study again")
 
 
-def load(path: str | os.PathLike[str], *, series_uid: str | None = None) -> Volume:
+def load(
+    path: str | os.PathLike[str], *, series_uid: str | None = None, budget_mb: float | None = None
+) -> Volume:
     """Scan ``path`` and load its single series, or the one ``series_uid`` names.
 
     Parameters
@@ -324,6 +360,8 @@ def load(path: str | os.PathLike[str], *, series_uid: str | None = None) -> Volu
     series_uid : str, optional
         The series to load: its full UID (as :func:`scan` reports it) or a prefix that
         matches only it.
+    budget_mb : float, optional
+        Memory budget (MB), as for :func:`load_series`.
 
     Returns
     -------
@@ -336,12 +374,14 @@ def load(path: str | os.PathLike[str], *, series_uid: str | None = None) -> Volu
         The message lists the series found (uid, modality, description, images).
     SeriesGeometryError
         The chosen series exists but its slices cannot form one volume.
+    MemoryBudgetError
+        The series needs more memory than the budget.
     """
     result = scan(path)
     if series_uid is not None:
-        return load_series(_pick(result, str(series_uid).strip(), path))
+        return load_series(_pick(result, str(series_uid).strip(), path), budget_mb=budget_mb)
     if len(result.series) == 1:
-        return load_series(result.series[0])
+        return load_series(result.series[0], budget_mb=budget_mb)
     if not result.series:
         raise _nothing_loadable(result, path)
     raise StudyReadError(
@@ -397,6 +437,93 @@ def _size_text(info: SeriesInfo) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+# memory budget
+def memory_budget_mb() -> float:
+    """The memory budget for loading and planning one study, in MB.
+
+    ``$SACROPLAN_MEMORY_BUDGET_MB`` when set; otherwise half the physical memory (4096 MB
+    when that cannot be read).
+
+    Raises
+    ------
+    MemoryBudgetError
+        When the environment variable is set but is not a positive number.
+    """
+    text = os.environ.get(MEMORY_BUDGET_ENV, "").strip()
+    if text:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (np.isfinite(value) and value > 0):
+            raise MemoryBudgetError(
+                f"{MEMORY_BUDGET_ENV} must be a positive number of megabytes, got {text!r}; "
+                "fix or unset it"
+            )
+        return value
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return _FALLBACK_BUDGET_MB
+    return _DEFAULT_BUDGET_FRACTION * total / _MB if total > 0 else _FALLBACK_BUDGET_MB
+
+
+def _budget_or_none() -> float | None:
+    try:
+        return memory_budget_mb()
+    except MemoryBudgetError:
+        return None  # reported when a series is loaded
+
+
+def _bytes_per_voxel(info: SeriesInfo) -> int:
+    source = info.source
+    if isinstance(source, SeriesPlan):
+        return output_dtype(source).itemsize
+    if isinstance(source, VolumeFileSource):
+        return max(np.dtype(source.dtype).itemsize, 1)
+    return 4
+
+
+def memory_needed_mb(info: SeriesInfo) -> float:
+    """Estimated peak memory (MB) of loading and planning a scanned series.
+
+    The voxel array's bytes (``size`` times the loaded data type, int16 or float32)
+    times :data:`WORKING_SET_FACTOR`; a resampled DICOM series also holds its acquired
+    slices while it is interpolated.
+    """
+    voxels = float(np.prod([float(v) for v in info.size]))
+    volume = voxels * _bytes_per_voxel(info)
+    extra = 0.0
+    source = info.source
+    if isinstance(source, SeriesPlan) and source.resampling is not None:
+        layout = source.first.layout
+        extra = 4.0 * len(source.records) * layout.rows * layout.columns
+    return (WORKING_SET_FACTOR * volume + extra) / _MB
+
+
+def check_memory_budget(info: SeriesInfo, *, budget_mb: float | None = None) -> None:
+    """Refuse a series that needs more memory than the budget (from its headers only).
+
+    Raises
+    ------
+    MemoryBudgetError
+        With the series, its size, the estimate and the budget, and what to do.
+    """
+    budget = memory_budget_mb() if budget_mb is None else float(budget_mb)
+    needed = memory_needed_mb(info)
+    if needed > budget:
+        raise MemoryBudgetError(_over_budget_text(info, needed, budget, "is refused"))
+
+
+def _over_budget_text(info: SeriesInfo, needed: float, budget: float, verdict: str) -> str:
+    return (
+        f"series {info.uid} ({_size_text(info)}) needs about {needed:,.0f} MB to load and "
+        f"plan, more than the memory budget of {budget:,.0f} MB, so it {verdict}; load a "
+        f"smaller series or raise the budget ({MEMORY_BUDGET_ENV})"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
 # NIfTI / NRRD / MetaImage
 def _volume_uid(path: Path, root: Path) -> str:
     try:
@@ -405,8 +532,8 @@ def _volume_uid(path: Path, root: Path) -> str:
         return path.name
 
 
-def _scan_volume_file(path: Path, *, uid: str) -> SeriesInfo:
-    image = _read_image(path)
+def _scan_volume_file(path: Path, *, uid: str, budget_mb: float | None = None) -> SeriesInfo:
+    image = _read_image(path, budget_mb=budget_mb)
     array = sitk.GetArrayViewFromImage(image)
     modality, dtype, notes = _guess_modality(array, path.name)
     size, spacing, origin, direction = _image_geometry(image)
@@ -432,8 +559,12 @@ def _scan_volume_file(path: Path, *, uid: str) -> SeriesInfo:
     )
 
 
-def _read_image(path: Path) -> sitk.Image:
-    """Read a 2-D or 3-D scalar image file; a 2-D image becomes one slice."""
+def _read_image(path: Path, *, budget_mb: float | None = None) -> sitk.Image:
+    """Read a 2-D or 3-D scalar image file; a 2-D image becomes one slice.
+
+    With ``budget_mb``, a file whose header describes more voxels than the budget allows
+    is refused before its pixels are read.
+    """
     try:
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
@@ -444,6 +575,8 @@ def _read_image(path: Path) -> sitk.Image:
         if dim not in (2, 3):
             size = "x".join(str(v) for v in reader.GetSize())
             raise StudyReadError(f"{path.name}: {dim}-D image ({size}); only 3-D volumes load")
+        if budget_mb is not None:
+            _check_file_budget(path, reader, budget_mb)
         image = reader.Execute()
     except SacroplanError:
         raise
@@ -455,6 +588,20 @@ def _read_image(path: Path) -> sitk.Image:
     if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
         raise StudyReadError(f"{path.name}: its direction matrix is not orthonormal (sheared)")
     return image
+
+
+def _check_file_budget(path: Path, reader: sitk.ImageFileReader, budget_mb: float) -> None:
+    voxels = float(np.prod([float(v) for v in reader.GetSize()]))
+    stored = sitk.GetPixelIDValueAsString(reader.GetPixelID())
+    itemsize = 8 if "64" in stored else 1 if "8" in stored else 2 if "16" in stored else 4
+    needed = voxels * max(itemsize, 2) * WORKING_SET_FACTOR / _MB
+    if needed > budget_mb:
+        size = "x".join(str(v) for v in reader.GetSize())
+        raise MemoryBudgetError(
+            f"{path.name} ({size} voxels) needs about {needed:,.0f} MB to load and plan, more "
+            f"than the memory budget of {budget_mb:,.0f} MB, so it is refused; load a smaller "
+            f"image or raise the budget ({MEMORY_BUDGET_ENV})"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -592,9 +739,10 @@ def _load_volume_file(source: VolumeFileSource, info: SeriesInfo) -> Volume:
     new_size, new_spacing, new_origin, new_direction = reoriented_geometry(
         size, spacing, origin, direction, source.permutation, source.flips
     )
-    # GetArrayFromImage copies: a view would dangle once ``image`` is freed
-    array = reorient_array(sitk.GetArrayFromImage(image), source.permutation, source.flips)
-    array = np.ascontiguousarray(array).astype(source.dtype, copy=False)
+    # One copy, made from a view while ``image`` is alive (peak: image + volume, not more)
+    view = reorient_array(sitk.GetArrayViewFromImage(image), source.permutation, source.flips)
+    array = np.array(view, dtype=source.dtype, order="C", copy=True)
+    del view, image
     if tuple(int(v) for v in new_size) != tuple(info.size):
         raise StudyReadError(f"{path.name} changed since it was scanned; scan it again")
     meta = {

@@ -34,11 +34,24 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_file(tmp)
+        with contextlib.suppress(OSError):  # mkstemp makes 0600; a saved file follows the umask
+            os.chmod(tmp, _mode_for(target))
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def _mode_for(target: Path) -> int:
+    """The permissions the file would get from a plain ``open()``: an existing file keeps
+    its own, a new one gets 0666 minus the process umask."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_bytes(target: str | os.PathLike[str], data: bytes) -> None:

@@ -35,12 +35,24 @@ How a region is grown (each step is a small private function below):
    error); a region whose volume changes a lot when the band moves by a quarter of the
    minimum contrast is reported as unstable (a warning, with ``stability``).
 
+**Lytic lesion in marrow of its own density** — fatty, osteoporotic marrow mixes fat,
+haematopoietic marrow and trabeculae (−100…300 HU within a few millimetres), and a good
+share of it has a soft-tissue lesion's density, so no band separates them. When at least
+``_MIXED_MARROW_FRACTION`` of the bone around the lesion is lesion-like, the lesion is
+outlined instead by what sets it apart — it is one tissue, all its voxels near its level —
+along rays from the seed: the edge in each direction is where the share of lesion-like
+voxels drops half-way from the lesion's to the marrow's, and the lesion is the compact,
+star-shaped region inside (:func:`_mixed_marrow_outline`). Such an outline always carries
+a warning naming that share; above ``_RADIAL_UNRELIABLE`` it says the outline and volume
+are not reliable.
+
 An explicit ``band_hu`` switches step 1 off (:func:`rethreshold`). Editing: :func:`paint`, a
 spherical brush in mm on any mask.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass, field, replace
@@ -49,6 +61,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
 
 from imaging.errors import LesionSegmentationError
 from imaging.lesion_metrics import LesionMetrics, lesion_metrics, max_feret_diameter_mm
@@ -98,6 +111,22 @@ _SHELL_WIDTH_MM = 2.0
 _SIDE_FRACTION = 0.05  # a side of the shell counts when it holds this fraction of its voxels
 _ITERATIONS = 4
 _BORDER_LEAK_VOXELS = 10
+# lytic lesion in marrow of the same density, outlined along rays (_mixed_marrow_outline)
+_MIXED_MARROW_FRACTION = 0.1  # of the marrow around the lesion at the lesion's density
+_RADIAL_SEED_MM = 5.5  # first estimate of the lesion's level and noise: this ball
+_RADIAL_K = 2.5  # lesion-like: within this many noise standard deviations of its level
+_RADIAL_MIN_NOISE_HU = 10.0  # CT noise floor: a lesion is never taken as smoother
+_RADIAL_DIRECTIONS = 400  # ~10 degrees apart
+_EDGE_MEDIAN_DIRECTIONS = 15  # an edge radius is the median over this many directions
+_RADIAL_CONE_DEG = 20.0  # each ray's profile is averaged over a cone of this width
+_RADIAL_STEP_MM = 0.75
+_RADIAL_MAX_MM = 45.0  # longest ray (a lesion of up to 90 mm)
+_RADIAL_INSIDE_MM = 4.0  # the first inside level is read within this radius
+_OUTSIDE_MM = (4.5, 12.0)  # the outside level is read this far beyond the edge
+_RADIAL_ITERATIONS = 3
+_RADIAL_CORE_FRACTION = 0.6  # the inside level is then read within this part of the edge
+_RADIAL_UNRELIABLE = 0.3  # marrow at the lesion's density above which no edge is trusted
+_RADIAL_MAX_OPEN = 0.1  # fraction of directions without an edge to trust the outline
 _UNSTABLE_RATIO = 1.5
 _OPEN_STRUCT = ndi.generate_binary_structure(3, 2)  # 18-neighbour ball: cuts 2-voxel sheets
 _NEVER = np.float32(-3.0e38)  # value given to voxels where growth is not allowed
@@ -182,7 +211,9 @@ class LesionResult:
     stability : float
         Volume grown in the band widened by a quarter of the minimum contrast (10 HU on CT)
         divided by the volume grown in the band narrowed by as much: about 1.0–1.2 at a real
-        edge, far more when the outline follows texture (warned above 1.5).
+        edge, far more when the outline follows texture (warned above 1.5). 1.0 for a lesion
+        outlined along rays in marrow of its own density (``mask.meta["outline"] ==
+        "radial"``; ``band`` is then the lesion's level ± 2.5 noise standard deviations).
     """
 
     mask: Volume
@@ -286,6 +317,10 @@ def grow_lesion(
         band, region, more = _adaptive_grow(
             grower, spacing, mode, seed_value, seed_sd, outer, options, unit, c_min
         )
+        if mode == "lytic":  # marrow of the lesion's own density: outline along rays
+            radial = _mixed_marrow_outline(roi.array, seed_ball, seed_kji, spacing, envelope)
+            if radial is not None:
+                return _radial_result(image, crop, radial, seed, seed_value, warnings, options)
         warnings.extend(more)
     if region is None or not region.any():
         raise LesionSegmentationError(_not_in_band_message(seed_value, band, mode, unit))
@@ -521,6 +556,302 @@ def _adaptive_grow(
             f"(band {_fmt_band(band, unit)}): check its outline, re-threshold or paint"
         )
     return band, region, warnings
+
+
+@dataclass(frozen=True, eq=False)
+class _RadialOutline:
+    """A lesion outlined along rays from the seed (:func:`_mixed_marrow_outline`)."""
+
+    region: np.ndarray  # bool, ROI grid
+    level: float  # lesion level, HU (median around the seed)
+    noise: float  # lesion noise, HU (from neighbour differences, at least the floor)
+    marrow_like: float  # fraction of the bone beyond the edge at the lesion's density
+    open_fraction: float  # fraction of directions in which no edge was found
+
+
+def _mixed_marrow_outline(
+    raw: np.ndarray,
+    seed_ball: np.ndarray,
+    seed_kji: tuple[int, int, int],
+    spacing_xyz: np.ndarray,
+    envelope: np.ndarray | None,
+) -> _RadialOutline | None:
+    """Outline a lytic lesion in marrow that shares its density, or None when it does not.
+
+    Fatty marrow (fat, haematopoietic marrow and trabeculae mixed, −100…300 HU within a few
+    millimetres) holds many voxels at a soft-tissue lesion's density, and a region grown
+    in any value band runs into them. What sets the lesion apart is that it is one tissue:
+    *all* its voxels lie near its level, where only a fraction of the marrow's do. So the
+    image becomes a lesion-likeness indicator (within ``_RADIAL_K`` noise standard
+    deviations of the lesion's level, and in bone) whose profiles are read along rays from
+    the seed, each averaged over a cone of neighbouring rays. Along every direction the
+    edge is where the profile crosses half-way between its level inside the lesion and its
+    level in the marrow just beyond (:func:`_profile_edges`), as for a blurred step. (A
+    partial-volume voxel against marrow far from the lesion's level looks unlike the
+    lesion even when mostly lesion, so in widely spread marrow the edge can fall a little
+    inside.) The lesion is the star-shaped region
+    inside those edges: seen from a seed near its centre, a lytic metastasis is a compact
+    blob, and at a few millimetres per voxel only its coarse shape can be resolved anyway.
+
+    The lesion's level is the median of the raw values within ``_RADIAL_SEED_MM`` of the
+    seed; its noise comes from differences of neighbouring voxels there
+    (:func:`_pair_noise`), which a partial-volume voxel barely affects.
+
+    Returns None (the band threshold is the better outline) when less than
+    ``_MIXED_MARROW_FRACTION`` of the bone around the lesion is lesion-like, or when the
+    seed's surroundings are not at a lytic lesion's density.
+    """
+    spacing = np.asarray(spacing_xyz, dtype=np.float64)[::-1]  # along (k, j, i), mm
+    start = _ball_mask(raw.shape, seed_kji, spacing_xyz, _RADIAL_SEED_MM) | seed_ball
+    if envelope is not None:
+        start &= envelope
+    level = float(np.median(raw[start]))
+    noise = _pair_noise(raw, start)
+    if not LYTIC_BAND_HU[0] <= level <= LYTIC_BAND_HU[1]:
+        return None
+    directions = _directions()
+    radii = np.arange(0.0, _RADIAL_MAX_MM, _RADIAL_STEP_MM)
+    points = (
+        (
+            np.asarray(seed_kji, dtype=np.float64)[None, None, :]
+            + directions[:, None, :] * radii[None, :, None] / spacing
+        )
+        .reshape(-1, 3)
+        .T
+    )
+    like = np.abs(raw.astype(np.float32) - level) <= _RADIAL_K * noise
+    if envelope is not None:
+        like &= envelope
+    profiles = _cone_weights() @ ndi.map_coordinates(
+        like.astype(np.float32), points, order=1, mode="constant", cval=0.0
+    ).reshape(len(directions), len(radii))
+    edges = _profile_edges(profiles, radii)
+    edges = np.median(edges[_direction_neighbours()], axis=1)
+    marrow_like = _marrow_like_fraction(envelope, points, radii, edges, profiles)
+    _log.debug(
+        "rays: lesion %.0f ± %.0f, edge radius %s mm, marrow at the lesion's density %.2f",
+        level,
+        noise,
+        np.percentile(edges, [5, 50, 95]).round(1),
+        marrow_like,
+    )
+    if marrow_like < _MIXED_MARROW_FRACTION:
+        return None
+    region = _star_region(raw.shape, seed_kji, spacing, directions, edges)
+    if envelope is not None:
+        region &= envelope
+    region = _seed_component(region, start, envelope)
+    if not region.any():
+        return None
+    return _RadialOutline(
+        region=region,
+        level=level,
+        noise=noise,
+        marrow_like=marrow_like,
+        open_fraction=float(np.mean(edges >= radii[-1] - _RADIAL_STEP_MM)),
+    )
+
+
+def _marrow_like_fraction(
+    allowed: np.ndarray | None,
+    points: np.ndarray,
+    radii: np.ndarray,
+    edges: np.ndarray,
+    like_profiles: np.ndarray,
+) -> float:
+    """Fraction of the bone beyond the lesion's edge (``_OUTSIDE_MM``) that is lesion-like.
+
+    ``like_profiles`` are the cone-averaged lesion-likeness profiles (zero outside bone);
+    they are divided by the cone-averaged bone profiles over the same samples.
+    """
+    beyond = (radii[None, :] > edges[:, None] + _OUTSIDE_MM[0]) & (
+        radii[None, :] < edges[:, None] + _OUTSIDE_MM[1]
+    )
+    if allowed is None:
+        bone = np.ones_like(like_profiles)
+    else:
+        bone = ndi.map_coordinates(
+            allowed.astype(np.float32), points, order=1, mode="constant", cval=0.0
+        ).reshape(like_profiles.shape)
+        bone = _cone_weights() @ bone
+    total = float((bone * beyond).sum())
+    return float((like_profiles * beyond).sum()) / total if total > 0 else 0.0
+
+
+def _pair_noise(raw: np.ndarray, where: np.ndarray) -> float:
+    """Noise standard deviation from differences of face-neighbour pairs inside ``where``, HU.
+
+    A difference of two voxels of one tissue carries twice the noise variance and none of
+    the level, so a voxel of partial volume at the lesion's edge pulls it far less than it
+    pulls the spread of the values themselves. Robust (1.4826 MAD of the differences, which
+    are centred on zero), at least the CT noise floor.
+    """
+    x = raw.astype(np.float64, copy=False)
+    diffs = []
+    for axis in range(3):
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        both = where[tuple(lo)] & where[tuple(hi)]
+        diffs.append((x[tuple(hi)] - x[tuple(lo)])[both])
+    d = np.concatenate(diffs)
+    if len(d) < 6:
+        return _RADIAL_MIN_NOISE_HU
+    return max(1.4826 * float(np.median(np.abs(d))) / math.sqrt(2.0), _RADIAL_MIN_NOISE_HU)
+
+
+@functools.cache
+def _directions() -> np.ndarray:
+    """``_RADIAL_DIRECTIONS`` unit vectors spread evenly over the sphere (Fibonacci lattice)."""
+    i = np.arange(_RADIAL_DIRECTIONS) + 0.5
+    polar = np.arccos(1.0 - 2.0 * i / _RADIAL_DIRECTIONS)
+    azimuth = np.pi * (1.0 + 5.0**0.5) * i
+    return np.stack(
+        [np.cos(polar), np.sin(polar) * np.sin(azimuth), np.sin(polar) * np.cos(azimuth)], axis=1
+    )
+
+
+@functools.cache
+def _direction_neighbours() -> np.ndarray:
+    """Indices of the ``_EDGE_MEDIAN_DIRECTIONS`` nearest directions of each direction.
+
+    The median edge over them removes spikes: a ray that slips between two marrow patches
+    of the lesion's density has no edge where its neighbours have one.
+    """
+    d = _directions()
+    _, nearest = cKDTree(d).query(d, k=_EDGE_MEDIAN_DIRECTIONS)
+    return nearest
+
+
+@functools.cache
+def _cone_weights() -> np.ndarray:
+    """Gaussian weights (``_RADIAL_CONE_DEG``) that average each ray with its neighbours."""
+    d = _directions()
+    angle = np.arccos(np.clip(d @ d.T, -1.0, 1.0))
+    w = np.exp(-0.5 * (angle / np.radians(_RADIAL_CONE_DEG)) ** 2)
+    return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _seed_component(
+    region: np.ndarray, seeds: np.ndarray, allowed: np.ndarray | None
+) -> np.ndarray:
+    """The face-connected parts of ``region`` holding a seed, cavities in ``allowed`` filled."""
+    labels, _ = ndi.label(region, structure=ndi.generate_binary_structure(3, 1))
+    keep = np.unique(labels[seeds & region])
+    keep = keep[keep > 0]
+    if not keep.size:
+        return np.zeros_like(region)
+    filled = fill_holes(np.isin(labels, keep))
+    return filled if allowed is None else filled & allowed
+
+
+def _profile_edges(profiles: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Edge radius per direction (mm): where its profile crosses half-way from inside to outside.
+
+    The level inside is that of all profiles within ``_RADIAL_CORE_FRACTION`` of their
+    edge (first: within ``_RADIAL_INSIDE_MM`` of the seed); the level outside is read per
+    direction from ``_OUTSIDE_MM`` beyond the current edge; edges and levels are refined
+    together a few times.
+    """
+    n = len(profiles)
+    rows = np.arange(n)
+    inside = float(profiles[:, radii < _RADIAL_INSIDE_MM].mean())
+    outside = np.full(n, float(np.median(profiles[:, -len(radii) // 4 :])))
+    edges = np.full(n, radii[-1])
+    for _ in range(_RADIAL_ITERATIONS + 1):
+        half = 0.5 * (inside + outside)
+        below = profiles < half[:, None]
+        below[:, radii < _SEED_BALL_MM] = False
+        idx = np.where(below.any(axis=1), below.argmax(axis=1), len(radii) - 1)
+        prev = np.maximum(idx - 1, 0)
+        a, b = profiles[rows, prev], profiles[rows, idx]
+        t = np.clip((a - half) / np.maximum(a - b, 1e-6), 0.0, 1.0)
+        edges = radii[prev] + t * (radii[idx] - radii[prev])
+        beyond = (radii[None, :] > edges[:, None] + _OUTSIDE_MM[0]) & (
+            radii[None, :] < edges[:, None] + _OUTSIDE_MM[1]
+        )
+        counts = beyond.sum(axis=1)
+        outside = np.where(
+            counts > 0, (profiles * beyond).sum(axis=1) / np.maximum(counts, 1), outside
+        )
+        within = radii[None, :] <= _RADIAL_CORE_FRACTION * edges[:, None]
+        inside = float((profiles * within).sum() / max(int(within.sum()), 1))
+    return edges
+
+
+def _star_region(
+    shape: tuple[int, ...],
+    seed_kji: tuple[int, int, int],
+    spacing: np.ndarray,
+    directions: np.ndarray,
+    edges: np.ndarray,
+) -> np.ndarray:
+    """Voxels inside the edge radius of their direction from the seed.
+
+    The edge radius at a voxel's direction is interpolated (inverse distance) from the
+    three nearest directions.
+    """
+    reach = float(edges.max()) + float(spacing.max())
+    box = [
+        (max(0, c - int(np.ceil(reach / s))), min(n, c + int(np.ceil(reach / s)) + 1))
+        for c, s, n in zip(seed_kji, spacing, shape, strict=True)
+    ]
+    grids = np.meshgrid(*(np.arange(a, b) for a, b in box), indexing="ij")
+    offsets = np.stack(
+        [(g - c) * s for g, c, s in zip(grids, seed_kji, spacing, strict=True)], axis=-1
+    ).reshape(-1, 3)
+    rho = np.linalg.norm(offsets, axis=1)
+    unit = offsets / np.maximum(rho, 1e-9)[:, None]
+    dist, nearest = cKDTree(directions).query(unit, k=3)
+    weight = 1.0 / np.maximum(dist, 1e-6)
+    edge = (edges[nearest] * weight).sum(axis=1) / weight.sum(axis=1)
+    crop = tuple(slice(a, b) for a, b in box)
+    region = np.zeros(shape, dtype=bool)
+    region[crop] = (rho <= edge).reshape(grids[0].shape)
+    return region
+
+
+def _radial_result(
+    image: Volume,
+    crop: Crop,
+    outline: _RadialOutline,
+    seed: np.ndarray,
+    seed_value: float,
+    warnings: list[str],
+    options: GrowOptions,
+) -> LesionResult:
+    """The :class:`LesionResult` of a lesion outlined in mixed marrow, with its warnings."""
+    _check_leak(outline.region, crop, image, image.voxel_volume_mm3, options)
+    lo = outline.level - _RADIAL_K * outline.noise
+    hi = outline.level + _RADIAL_K * outline.noise
+    band = (float(max(lo, LYTIC_BAND_HU[0])), float(min(hi, LYTIC_BAND_HU[1])))
+    share = f"{100 * outline.marrow_like:.0f} %"
+    warnings = list(warnings)
+    if outline.marrow_like >= _RADIAL_UNRELIABLE or outline.open_fraction > _RADIAL_MAX_OPEN:
+        warnings.append(
+            f"the lesion ({outline.level:.0f} ± {outline.noise:.0f} HU) can hardly be told "
+            f"from the marrow around it ({share} of it has the lesion's density): its outline "
+            "and volume are not reliable; check the outline, re-threshold or paint"
+        )
+    else:
+        warnings.append(
+            f"{share} of the marrow around the lesion ({outline.level:.0f} ± "
+            f"{outline.noise:.0f} HU) has the lesion's density, so its edge was found where "
+            "the share of lesion-like voxels drops, along rays from the seed: check the outline"
+        )
+    full = np.zeros(image.array.shape, dtype=np.uint8)
+    full[crop.slices] = outline.region
+    mask = image.with_array(full, modality="LABEL")
+    meta = {"source": "grow_lesion", "mode": "lytic", "band": list(band), "outline": "radial"}
+    return LesionResult(
+        mask=replace(mask, meta=meta),
+        mode_used="lytic",
+        band=band,
+        seed_value=seed_value,
+        seed_lps=seed,
+        warnings=tuple(warnings),
+        stability=1.0,
+    )
 
 
 def _min_contrast(mode: str, values: np.ndarray) -> float:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from imaging.anatomy import AnatomyMasks, segment_anatomy
+from imaging.anatomy_mr import segment_anatomy_mr
 from imaging.errors import SacroplanError
 from imaging.labels import Label
 from imaging.lesion import GrowOptions, LesionResult, grow_lesion
@@ -41,7 +42,7 @@ class Case:
     sample_truth : PhantomTruth or None
         The analytic truth when the study is the built-in sample.
     masks : AnatomyMasks or None
-        Automatic anatomy (CT only).
+        Automatic anatomy (on a CT, or on a T1-weighted MR through a synthetic CT).
     anatomy : SacralAnatomy or None
         Landmarks, sacral frame and Denis zones.
     lesion : LesionResult or None
@@ -103,15 +104,19 @@ class Case:
     def find_anatomy(
         self, *, progress: ProgressFn | None = None, cancel: CancelFn | None = None
     ) -> SacralAnatomy:
-        """Automatic anatomy on a CT.
+        """Automatic anatomy: on a CT directly, on a T1-weighted MR through a pseudo-CT.
 
         Raises
         ------
         SegmentationError
-            Not a CT, or no sacrum found.
+            No sacrum found (on MR, e.g. a STIR or fat-suppressed series: the user places
+            the landmarks by hand instead).
         """
         t0 = time.perf_counter()
-        self.masks = segment_anatomy(self.image, progress=progress, cancel=cancel)
+        if self.image.modality.upper() == "CT":
+            self.masks = segment_anatomy(self.image, progress=progress, cancel=cancel)
+        else:
+            self.masks = segment_anatomy_mr(self.image, progress=progress, cancel=cancel)
         self.anatomy = SacralAnatomy.from_masks(self.masks)
         self.notes.extend(self.masks.notes)
         self.timings_s["anatomy"] = time.perf_counter() - t0

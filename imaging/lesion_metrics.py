@@ -32,9 +32,12 @@ from imaging.volume import Volume
 
 #: A cortical breach smaller than this (mm² of exposed lesion surface) is not reported.
 MIN_BREACH_AREA_MM2 = 4.0
-#: A lesion "touches" a structure when at least this many of its voxels lie within one voxel
-#: (26-neighbourhood) of it: one stray edge voxel is not contact.
-MIN_CONTACT_VOXELS = 3
+#: A lesion touches a foramen or the canal when their shared surface (faces between lesion and
+#: structure voxels) is at least this large: about a 4 x 4 mm patch. A count of voxels would
+#: depend on the grid: on thick slices a one-voxel rim of partial volume between a lesion 2 mm
+#: from a foramen and the foramen makes a handful of false contacts (under 10 mm²), while a
+#: lesion that has reached a foramen shares hundreds of mm² with it.
+MIN_CONTACT_AREA_MM2 = 15.0
 #: DESIGN §5.9: lesions larger than this (largest diameter) are outside the cohort.
 DIAMETER_LIMIT_MM = 30.0
 _ZONES = ("1", "2", "3")
@@ -277,10 +280,38 @@ def _zones(
     return zone, (max(touched) if touched else None), zones_ml
 
 
+def contact_area_mm2(local: Volume, sub: np.ndarray, other: Volume) -> float:
+    """Area (mm²) of the voxel faces shared by the lesion ``sub`` and the mask ``other``.
+
+    Parameters
+    ----------
+    local : Volume
+        The grid of ``sub`` (spacing honoured: a face across axis ``a`` has the area of the
+        other two spacings).
+    sub : (K, J, I) bool ndarray
+        The lesion on ``local``'s grid.
+    other : Volume
+        The structure, on any grid (resampled onto ``local`` by nearest neighbour).
+    """
+    o = mask_on_grid(other, local)
+    sp_kji = np.asarray(local.spacing, dtype=np.float64)[::-1]
+    area = 0.0
+    for axis in range(3):
+        rest = [a for a in range(3) if a != axis]
+        face = float(sp_kji[rest[0]] * sp_kji[rest[1]])
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis] = slice(0, -1)
+        hi[axis] = slice(1, None)
+        pairs = np.count_nonzero(sub[tuple(lo)] & o[tuple(hi)])
+        pairs += np.count_nonzero(o[tuple(lo)] & sub[tuple(hi)])
+        area += float(pairs) * face
+    return area
+
+
 def _touches(local: Volume, sub: np.ndarray, other: Volume) -> bool:
-    """At least :data:`MIN_CONTACT_VOXELS` lesion voxels within one voxel of ``other``."""
-    near = ndi.binary_dilation(mask_on_grid(other, local), structure=np.ones((3, 3, 3), bool))
-    return int(np.count_nonzero(near & sub)) >= MIN_CONTACT_VOXELS
+    """The lesion shares at least :data:`MIN_CONTACT_AREA_MM2` of surface with ``other``."""
+    return bool(contact_area_mm2(local, sub, other) >= MIN_CONTACT_AREA_MM2)
 
 
 _FACES = [(axis, step) for axis in range(3) for step in (-1, 1)]

@@ -372,14 +372,14 @@ def test_feret_within_one_voxel_of_analytic_ellipsoids():
 
 
 def test_zones_flags_and_json():
-    """Denis zones as slabs along x, a foramen one voxel away, a canal far away."""
+    """Denis zones as slabs along x, a foramen against one face, a canal far away."""
     vol = grid((20, 24, 30), spacing=(1.0, 1.0, 1.0), rotation=(0.0, 0.0, 0.0))
     kk, jj, ii = np.indices(vol.array.shape)
     zone = np.where(ii < 10, 3, np.where(ii < 20, 2, 1)).astype(np.uint8)
     lesion = np.zeros(vol.array.shape, np.uint8)
     lesion[8:12, 10:14, 16:24] = 1  # 4 x 4 x 8 voxels: i 16..23 -> zone 2 (16..19), 1 (20..23)
     foramen = np.zeros_like(lesion)
-    foramen[12, 14, 16:24] = 1  # diagonal neighbours of the lesion's edge row (11, 13, 16..23)
+    foramen[12, 10:14, 16:24] = 1  # against the lesion's k = 11 face: 4 x 8 = 32 mm² shared
     canal = np.zeros_like(lesion)
     canal[8:12, 10:14, 2:4] = 1
     m = lesion_metrics(
@@ -396,8 +396,10 @@ def test_zones_flags_and_json():
     far = np.zeros_like(lesion)
     far[13, 15, 16:24] = 1  # two voxels away
     stray = np.zeros_like(lesion)
-    stray[12, 14, 24] = 1  # one diagonal neighbour of one corner voxel: not contact
-    for other in (far, stray):
+    stray[12, 10:13, 16:20] = 1  # 12 mm² shared: a partial-volume rim, not contact
+    diagonal = np.zeros_like(lesion)
+    diagonal[12, 14, 16:24] = 1  # only edges shared, no face
+    for other in (far, stray, diagonal):
         m2 = lesion_metrics(vol.with_array(lesion), foramen_mask=vol.with_array(other))
         assert m2.touches_foramen is False
     doc = json.loads(json.dumps(m.to_json()))
@@ -436,7 +438,7 @@ def test_breach_names_the_cortex_and_foraminal_erosion():
     assert m.cortical_breach == ("posterior",)
     assert m.breach_area_mm2["posterior"] == pytest.approx(36.0)
     eroding = np.zeros_like(bone)
-    eroding[10:16, 10:14, 15:20] = 1  # against the tunnel wall at i = 20
+    eroding[10:16, 10:16, 15:20] = 1  # against the tunnel wall at i = 20 (18 mm² shared)
     m = lesion_metrics(
         vol.with_array(eroding),
         bone_mask=vol.with_array(bone),

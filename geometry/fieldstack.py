@@ -34,6 +34,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from geometry.distance import (
@@ -72,6 +73,36 @@ def quantize_mm(values_mm: np.ndarray) -> np.ndarray:
     """
     q = np.floor(np.asarray(values_mm, dtype=np.float64) / QUANTUM_MM)
     return np.clip(q, -32767, 32767).astype(np.int16)
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _quantize_all(channels: numba.typed.List, out: np.ndarray, fill: int) -> np.ndarray:
+    """``out[..., c] = quantize_mm(channels[c])`` for every channel, ``fill`` in the padding.
+
+    Slice by slice (one output slice stays in cache while its channels are written), in
+    parallel over slices. Returns the count of non-finite values per channel (those voxels are
+    left incomplete).
+    """
+    n = len(channels)
+    nk, nj, ni, width = out.shape
+    scale = 1.0 / QUANTUM_MM
+    bad = np.zeros((nk, n), dtype=np.int64)
+    for k in numba.prange(nk):
+        for c in range(n):
+            src = channels[c]
+            for j in range(nj):
+                for i in range(ni):
+                    v = np.float64(src[k, j, i])
+                    if not math.isfinite(v):
+                        bad[k, c] += 1
+                        continue
+                    q = min(max(math.floor(v * scale), -32767.0), 32767.0)
+                    out[k, j, i, c] = np.int16(q)
+        for c in range(n, width):
+            for j in range(nj):
+                for i in range(ni):
+                    out[k, j, i, c] = fill
+    return bad.sum(axis=0)
 
 
 @dataclass(frozen=True, eq=False)
@@ -267,11 +298,10 @@ def build_field_stack(
             roles[name] = add(field, name, role)
     padded = padded_channels(len(fields))
     values = np.empty(sacrum.values.shape + (padded,), dtype=np.int16)
-    for c, field in enumerate(fields):
-        if not np.all(np.isfinite(field.values)):
-            raise ValueError(f"the {names[c]} distance field has non-finite values")
-        values[..., c] = quantize_mm(field.values)
-    values[..., len(fields) :] = quantize_mm(np.array(EMPTY_DISTANCE_MM))
+    channels = numba.typed.List([np.ascontiguousarray(f.values, dtype=np.float32) for f in fields])
+    bad = _quantize_all(channels, values, int(quantize_mm(np.array(EMPTY_DISTANCE_MM))))
+    for c in np.nonzero(bad)[0]:
+        raise ValueError(f"the {names[c]} distance field has non-finite values")
     return FieldStack(
         values=values,
         channel_names=tuple(names),

@@ -152,6 +152,10 @@ class EntryContext:
         Medial and lateral foraminal border |x| (mm) at the given heights z.
     s2_z : float
         Height (z) of the S2 foramina's centres.
+    s1_top_z : float
+        Height (z) of the top of the S1 foramina; the S1 pedicles lie above it.
+    s1_centre_x : float
+        |x| of the S1 foramina's centres: the lateral end of the S1 pedicle column.
     """
 
     entry: np.ndarray
@@ -160,6 +164,8 @@ class EntryContext:
     foramen_medial_x: Callable[[np.ndarray], np.ndarray]
     foramen_lateral_x: Callable[[np.ndarray], np.ndarray]
     s2_z: float
+    s1_top_z: float = np.inf
+    s1_centre_x: float = 0.0
 
 
 def _dorsal(c: EntryContext) -> np.ndarray:
@@ -180,6 +186,13 @@ def _medial_to_foramina(c: EntryContext) -> np.ndarray:
     return np.abs(c.entry[:, 0]) <= c.foramen_medial_x(c.entry[:, 2])
 
 
+def _medial_or_s1_pedicle(c: EntryContext) -> np.ndarray:
+    """Medial to the foramina, or above the S1 foramen no further out than its centre line:
+    the S1 pedicle, which joins the body to the dorsal arch cranial to the S1 foramen."""
+    pedicle = (c.entry[:, 2] >= c.s1_top_z) & (np.abs(c.entry[:, 0]) <= c.s1_centre_x)
+    return _medial_to_foramina(c) | pedicle
+
+
 def _caudal_to_s2(c: EntryContext) -> np.ndarray:
     return c.entry[:, 2] <= c.s2_z
 
@@ -189,6 +202,10 @@ ENTRY_RULES: dict[str, tuple[Callable[[EntryContext], np.ndarray], str]] = {
     "same_side": (_same_side, "enters on the lesion's side"),
     "lateral_to_foramina": (_lateral_to_foramina, "enters lateral to the dorsal foramina"),
     "medial_to_foramina": (_medial_to_foramina, "enters medial to the foramina"),
+    "medial_or_s1_pedicle": (
+        _medial_or_s1_pedicle,
+        "enters medial to the foramina or through the S1 pedicle above the S1 foramen",
+    ),
     "caudal_to_s2": (_caudal_to_s2, "enters at or below the S2 foramina"),
 }
 

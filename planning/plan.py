@@ -12,11 +12,18 @@ JSON schema ``sacroplan.plan/1`` (top-level keys, in order)::
     schema            "sacroplan.plan/1"
     created, modified ISO 8601 UTC timestamps
     software_version  sacroplan version that wrote the file
-    case              {source_path, series_uid, patient_name, patient_id, study_date}
-                      (strings or null; informational only, never opened or written)
+    case              {source_path, series_uid, patient_name, patient_id, study_date,
+                      modality, grid} (strings or null; ``grid`` null or {size [i, j, k],
+                      spacing_mm, origin_lps, direction (9 numbers, columns i, j, k)}: the
+                      study grid the plan was made on). Loading a plan never opens
+                      ``source_path``; ``sacroplan report``/``export`` read (never write) the
+                      study there to redraw the images and rebuild the lesion mask.
+                      ``modality`` and ``grid`` may be absent in older files.
     anatomy           free-form JSON object (landmarks, LPS mm)
     lesion            null or {volume_ml, max_diameter_mm, centroid_lps, denis_zone, zones_ml,
-                      flags, seed_lps, mode, ...}
+                      flags, seed_lps, mode, ...}; optional ``band`` [low, high] (the value
+                      band the lesion grew in) and ``mask`` (the lesion voxels on the study
+                      grid, see :func:`encode_mask`)
     margins           {foramen_mm, canal_mm, anterior_cortex_mm, allow_anterior_exit,
                       si_joint_only_transiliac}
     needle            needle id (resources/needles.json)
@@ -222,11 +229,31 @@ def _pt_json(p: Point | None) -> list[float] | None:
 
 
 # -- components ------------------------------------------------------------------------------
+#: Keys of ``case.grid``.
+GRID_KEYS: tuple[str, ...] = ("size", "spacing_mm", "origin_lps", "direction")
+#: Fields of ``case`` that files written before they existed may lack.
+_CASE_OPTIONAL: tuple[str, ...] = ("modality", "grid")
+#: A lesion mask may hold at most this many runs (a plan stays well under its size limit).
+MAX_MASK_RUNS = 1_000_000
+
+
 @dataclass(frozen=True)
 class CaseRef:
-    """Which study the plan belongs to (all optional, informational only).
+    """Which study the plan belongs to (all optional).
 
-    ``source_path`` is never opened, resolved or written by sacroplan when a plan loads.
+    ``source_path`` is never opened, resolved or written by sacroplan when a plan loads;
+    the report and export commands read the study there (never write it) to redraw the
+    images, and check it against ``grid``.
+
+    Attributes
+    ----------
+    source_path, series_uid, patient_name, patient_id, study_date : str or None
+        Where the study was read from and its DICOM identifiers.
+    modality : str or None
+        ``"CT"`` or ``"MR"``.
+    grid : dict or None
+        The study grid: ``{"size": [i, j, k], "spacing_mm": [x, y, z], "origin_lps": [x, y,
+        z], "direction": [9 numbers, row-major, columns = i, j, k axes]}`` (mm, LPS).
     """
 
     source_path: str | None = None
@@ -234,17 +261,137 @@ class CaseRef:
     patient_name: str | None = None
     patient_id: str | None = None
     study_date: str | None = None
+    modality: str | None = None
+    grid: dict[str, Any] | None = None
 
-    def to_json(self) -> dict[str, str | None]:
+    def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
-        return dataclasses.asdict(self)
+        out: dict[str, Any] = dataclasses.asdict(self)
+        out["grid"] = None if self.grid is None else _grid(self.grid, "case.grid")
+        return out
 
     @classmethod
     def from_json(cls, data: object, path: str = "case") -> CaseRef:
-        """Parse and validate (every key required, strings or null)."""
+        """Parse and validate (strings or null; ``modality`` and ``grid`` may be absent)."""
         names = tuple(f.name for f in dataclasses.fields(cls))
-        d = _obj(data, path, names)
-        return cls(**{n: _opt_str(d[n], f"{path}.{n}") for n in names})
+        required = tuple(n for n in names if n not in _CASE_OPTIONAL)
+        d = _obj(data, path, required, extra_ok=True)
+        unknown = [k for k in d if k not in names]
+        if unknown:
+            raise _FieldError(f"{path}.{unknown[0]}", "is not a known field")
+        values: dict[str, Any] = {
+            n: _opt_str(d.get(n), f"{path}.{n}") for n in names if n != "grid"
+        }
+        grid = d.get("grid")
+        values["grid"] = None if grid is None else _grid(grid, f"{path}.grid")
+        return cls(**values)
+
+
+def study_reference(source: str) -> str:
+    """``case.source_path`` for a study read from ``source``: an existing path made absolute
+    (a plan is read from anywhere later), anything else (``"sample:<site>"``) as it is."""
+    if source.startswith("sample:"):
+        return source
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else source
+
+
+def grid_json(
+    size: tuple[int, int, int] | list[int],
+    spacing_mm: object,
+    origin_lps: object,
+    direction: object,
+) -> dict[str, Any]:
+    """The ``case.grid`` object of a study grid.
+
+    Parameters
+    ----------
+    size : (3,) int
+        Voxels along ``i, j, k``.
+    spacing_mm, origin_lps : (3,) float, mm, LPS
+    direction : (3, 3) float
+        Columns are the LPS unit vectors of the ``i, j, k`` axes.
+    """
+    return _grid(
+        {
+            "size": [int(v) for v in size],
+            "spacing_mm": np.asarray(spacing_mm, dtype=float).reshape(3).tolist(),
+            "origin_lps": np.asarray(origin_lps, dtype=float).reshape(3).tolist(),
+            "direction": np.asarray(direction, dtype=float).reshape(9).tolist(),
+        },
+        "case.grid",
+    )
+
+
+def _grid(value: object, path: str) -> dict[str, Any]:
+    d = _obj(value, path, GRID_KEYS)
+    size = d["size"]
+    if not isinstance(size, list | tuple) or len(size) != 3:
+        raise _FieldError(f"{path}.size", "must be three whole numbers [i, j, k]")
+    sizes = [_int(v, f"{path}.size[{n}]", low=1) for n, v in enumerate(size)]
+    spacing = _point(d["spacing_mm"], f"{path}.spacing_mm")
+    if min(spacing) <= 0:
+        raise _FieldError(f"{path}.spacing_mm", "must be positive")
+    direction = d["direction"]
+    if not isinstance(direction, list | tuple) or len(direction) != 9:
+        raise _FieldError(f"{path}.direction", "must be nine numbers (a 3x3 matrix)")
+    return {
+        "size": sizes,
+        "spacing_mm": list(spacing),
+        "origin_lps": list(_point(d["origin_lps"], f"{path}.origin_lps")),
+        "direction": [_num(v, f"{path}.direction[{n}]") for n, v in enumerate(direction)],
+    }
+
+
+def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+    """Run-length code of a binary mask on the study grid, for ``lesion.mask``.
+
+    Parameters
+    ----------
+    mask : (K, J, I) ndarray
+        Nonzero = inside, indexed ``[k, j, i]`` like :class:`imaging.volume.Volume`.
+
+    Returns
+    -------
+    dict
+        ``{"shape": [K, J, I], "runs": [start, length, start, length, ...]}``: the inside
+        voxels as runs over the C-order flattened array.
+    """
+    flat = np.ascontiguousarray(np.asarray(mask) != 0).reshape(-1).astype(np.int8)
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [0]])))
+    starts, stops = edges[0::2], edges[1::2]
+    runs = np.column_stack([starts, stops - starts]).reshape(-1)
+    return {"shape": [int(v) for v in np.shape(mask)], "runs": [int(v) for v in runs]}
+
+
+def decode_mask(data: Mapping[str, Any]) -> np.ndarray:
+    """The boolean ``[k, j, i]`` mask of :func:`encode_mask` output (validated on load)."""
+    shape = tuple(int(v) for v in data["shape"])
+    flat = np.zeros(int(np.prod(shape)), dtype=bool)
+    runs = np.asarray(data["runs"], dtype=np.int64).reshape(-1, 2)
+    for start, length in runs:
+        flat[start : start + length] = True
+    return flat.reshape(shape)
+
+
+def _mask(value: object, path: str) -> dict[str, Any]:
+    d = _obj(value, path, ("shape", "runs"))
+    shape = d["shape"]
+    if not isinstance(shape, list) or len(shape) != 3:
+        raise _FieldError(f"{path}.shape", "must be three whole numbers [k, j, i]")
+    dims = [_int(v, f"{path}.shape[{n}]", low=1) for n, v in enumerate(shape)]
+    total = dims[0] * dims[1] * dims[2]
+    runs = d["runs"]
+    if not isinstance(runs, list) or len(runs) % 2 or len(runs) > 2 * MAX_MASK_RUNS:
+        raise _FieldError(f"{path}.runs", "must be a list of start, length pairs")
+    end = 0
+    for n in range(0, len(runs), 2):
+        start = _int(runs[n], f"{path}.runs[{n}]")
+        length = _int(runs[n + 1], f"{path}.runs[{n + 1}]", low=1)
+        if start < end or start + length > total:
+            raise _FieldError(f"{path}.runs", "must be ordered runs inside the grid")
+        end = start + length
+    return {"shape": dims, "runs": list(runs)}
 
 
 @dataclass(frozen=True)
@@ -624,7 +771,17 @@ def _lesion(value: object) -> dict[str, Any] | None:
     if not isinstance(d["flags"], dict | list):
         raise _FieldError("lesion.flags", f"must be an object or a list, got {_kind(d['flags'])}")
     _opt_str(d["mode"], "lesion.mode")
-    return cast(dict[str, Any], _plain(d, "lesion"))
+    if d.get("band") is not None:
+        band = d["band"]
+        if not isinstance(band, list) or len(band) != 2:
+            raise _FieldError("lesion.band", "must be [low, high]")
+        low, high = (_num(v, f"lesion.band[{n}]") for n, v in enumerate(band))
+        if not low < high:
+            raise _FieldError("lesion.band", "must have low < high")
+    out = cast(dict[str, Any], _plain(d, "lesion"))
+    if d.get("mask") is not None:
+        out["mask"] = _mask(d["mask"], "lesion.mask")
+    return out
 
 
 def _best_entry(
@@ -721,13 +878,38 @@ def _check_schema(data: object, name: str) -> None:
         raise PlanFileError(f"{name} is not a sacroplan plan (schema missing; expected {SCHEMA})")
     match = _SCHEMA_RE.match(schema) if isinstance(schema, str) else None
     if match is None or int(match.group(1)) < 1:
-        raise PlanFileError(
-            f"{name} is not a sacroplan plan (schema {schema!r}; expected {SCHEMA})"
-        )
+        shown = repr(schema) if len(repr(schema)) <= 60 else repr(schema)[:59] + "…"
+        raise PlanFileError(f"{name} is not a sacroplan plan (schema {shown}; expected {SCHEMA})")
     if int(match.group(1)) > SCHEMA_VERSION:
         raise PlanFileError(
             f"{name} was written by a newer sacroplan (schema {schema}); update sacroplan to "
             "open it"
+        )
+    _check_path_fields(data, name)
+
+
+#: Longest file path a plan may record (PATH_MAX on Linux).
+MAX_PATH_CHARS = 4096
+
+
+def _check_path_fields(data: dict, name: str) -> None:
+    """Refuse a recorded study path no file system could hold (control characters, length).
+
+    Paths in a plan are only ever read by the commands that redraw the study; a relative
+    path stays relative to where the command runs, and nothing is written there.
+    """
+    case = data.get("case")
+    source = case.get("source_path") if isinstance(case, dict) else None
+    if not isinstance(source, str):
+        return
+    problem = ""
+    if len(source) > MAX_PATH_CHARS:
+        problem = f"is {len(source)} characters long, more than a file path can be"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in source):
+        problem = "holds control characters, which no file path can"
+    if problem:
+        raise PlanFileError(
+            f"{name} is not a valid sacroplan plan: the field 'case.source_path' {problem}"
         )
 
 

@@ -1,6 +1,7 @@
 """Trajectory search: candidates per approach, hard constraints, ranking and the suggestion.
 
-Flow: distance fields of the danger zones on the anatomy crop -> for each approach and side,
+Flow: distance fields of the danger zones on the anatomy crop (pooled to about 1 mm when the
+study is finer; the lumbar canal above the sacrum followed in the CT) -> for each approach and side,
 travel directions in its cone x tip targets inside the lesion -> skin entry found by marching
 back to the body surface -> every needle scored as a capsule by the compiled kernel -> hard
 constraints (margins, reach, SI joint, entry region) -> ranking -> the best per approach, a
@@ -17,10 +18,12 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from geometry.distance import DistanceField
+from geometry.distance import DistanceField, signed_distance_mm
 from geometry.fieldstack import FieldStack, build_field_stack
 from geometry.kernels import NeedleScores, score_needles, score_one
+from geometry.pooling import pool_labels, pool_mask
 from geometry.rays import exit_distance_mm
+from imaging.canal_lumbar import follow_lumbar_canal
 from imaging.errors import OperationCancelledError, SacroplanError
 from imaging.labels import Label
 from imaging.volume import Volume
@@ -37,7 +40,17 @@ from planning.case import Case
 from planning.cement import geometric_cement_cap_ml, suggest_cement
 from planning.margins import Margins
 from planning.needles import Needle, get_needle, needle_catalogue
-from planning.plan import Candidate, CaseRef, Clearance, Plan, Suggestion, Trajectory
+from planning.plan import (
+    Candidate,
+    CaseRef,
+    Clearance,
+    Plan,
+    Suggestion,
+    Trajectory,
+    encode_mask,
+    grid_json,
+    study_reference,
+)
 from planning.rfa import plan_rfa_for_track
 
 ProgressFn = Callable[[float, str], None]
@@ -90,28 +103,79 @@ def build_fields(case: Case) -> FieldStack:
         raise PlanningError("plan after the anatomy and the lesion: run both first")
     m = case.masks
     crop = m.image
-    geo = {"origin": crop.origin, "spacing": crop.spacing, "direction": crop.direction}
+    grid = field_grid(crop)
+    geo = {"origin": grid.origin, "spacing": grid.spacing, "direction": grid.direction}
+    factors = field_factors(crop.spacing)
 
-    def field_of(mask: np.ndarray) -> DistanceField:
-        return DistanceField.from_mask(mask, crop_margin_mm=FIELD_MARGIN_MM, **geo)
+    def field_of(mask: np.ndarray, *, danger: bool = True) -> DistanceField:
+        pooled = pool_mask(mask, factors, any_voxel=danger)
+        return DistanceField.from_mask(pooled, crop_margin_mm=FIELD_MARGIN_MM, **geo)
 
     lesion = _crop_of(case.lesion.mask.array > 0, m.crop_index, crop.array.shape)
     sacrum = m.masks["sacrum"] | lesion
-    foramina = {f.name: field_of(m.masks["foramina"] == f.label) for f in m.foramina if f.label > 0}
+    found = [f for f in m.foramina if f.label > 0]
+    n_codes = max([int(f.label) for f in found], default=0)
+    pooled_foramina = pool_labels(m.masks["foramina"], factors, n_codes, any_voxel=True)
+    foramina = {
+        f.name: DistanceField.from_mask(
+            pooled_foramina[f.label - 1], crop_margin_mm=FIELD_MARGIN_MM, **geo
+        )
+        for f in found
+    }
+    sacrum_field = field_of(sacrum, danger=False)
+    cortex = pool_mask(m.masks["anterior_cortex"], factors, any_voxel=True)
+    pelvic = _pelvic_side(sacrum_field.values, cortex, grid.spacing)
     return build_field_stack(
-        sacrum=field_of(sacrum),
+        sacrum=sacrum_field,
         foramina=foramina or None,
-        canal=field_of(extend_canal_cranially(m.masks["canal"], crop, HEAD_LPS)),
-        pelvic_side=field_of(_pelvic_side(sacrum, m.masks["anterior_cortex"], crop.spacing)),
+        canal=field_of(canal_with_lumbar(m.masks["canal"], crop)),
+        pelvic_side=DistanceField.from_mask(pelvic, crop_margin_mm=FIELD_MARGIN_MM, **geo),
         si_joint=field_of(m.masks["si_joint_left"] | m.masks["si_joint_right"]),
-        ilium=field_of(m.masks["left_ilium"] | m.masks["right_ilium"]),
-        lesion=field_of(lesion),
+        ilium=field_of(m.masks["left_ilium"] | m.masks["right_ilium"], danger=False),
+        lesion=field_of(lesion, danger=False),
     )
+
+
+#: The planner's distance fields are built on a grid of about this spacing (mm) or finer:
+#: finer studies are pooled in whole blocks of voxels (a 0.43-0.6 mm CT by 2 along each axis;
+#: a 0.7 mm or coarser one not at all).
+FIELD_SPACING_MM = 1.0
+
+
+def field_factors(spacing: np.ndarray) -> tuple[int, int, int]:
+    """Pooling factors (k, j, i) taking a grid of ``spacing`` (x, y, z mm) to the field grid."""
+    f = np.maximum(1, np.round(FIELD_SPACING_MM / np.asarray(spacing, float)))
+    return tuple(int(v) for v in f[::-1])  # type: ignore[return-value]
+
+
+def field_grid(crop: Volume) -> Volume:
+    """The grid of the planner's fields over ``crop``: whole blocks of ``field_factors``.
+
+    A block's centre is the mean of its voxel centres; the grid covers whole blocks only
+    (at most ``factor - 1`` voxels are dropped at the far ends of the crop).
+    """
+    fk, fj, fi = field_factors(crop.spacing)
+    f_xyz = np.array([fi, fj, fk], float)
+    shape = tuple(n // f for n, f in zip(crop.array.shape, (fk, fj, fi), strict=True))
+    origin = crop.index_to_world(((f_xyz - 1.0) / 2.0)[None, :])[0]
+    empty = np.zeros(shape, np.uint8)
+    return Volume(empty, origin, crop.spacing * f_xyz, crop.direction, modality="LABEL")
 
 
 HEAD_LPS = np.array([0.0, 0.0, 1.0])
 LUMBAR_CANAL_MM = 60.0  # how far the canal is carried above the top of the sacral canal
 CANAL_TOP_MM = 4.0  # the slab of the sacral canal's top that is carried up
+
+
+def canal_with_lumbar(canal: np.ndarray, crop: Volume) -> np.ndarray:
+    """The sacral canal plus the lumbar canal above it (on the anatomy crop grid).
+
+    In CT the lumbar canal is followed in the image (:func:`follow_lumbar_canal`); otherwise
+    the top of the sacral canal is carried straight up (:func:`extend_canal_cranially`).
+    """
+    if crop.modality.upper() == "CT":
+        return follow_lumbar_canal(crop, canal, length_mm=LUMBAR_CANAL_MM)
+    return extend_canal_cranially(canal, crop, HEAD_LPS)
 
 
 def extend_canal_cranially(
@@ -165,16 +229,19 @@ def _crop_of(
 
 
 def _pelvic_side(
-    sacrum: np.ndarray, anterior_cortex: np.ndarray, spacing: np.ndarray
+    sacrum_mm: np.ndarray, anterior_cortex: np.ndarray, spacing: np.ndarray
 ) -> np.ndarray:
-    """The space in front of the sacrum: outside voxels whose nearest bone is anterior cortex."""
+    """The space in front of the sacrum: outside voxels whose nearest bone is anterior cortex.
+
+    ``sacrum_mm`` is the sacrum's signed distance field (mm, exact within
+    ``FIELD_MARGIN_MM``); a voxel outside the sacrum is on the pelvic side when the anterior
+    cortex (part of the sacrum) is as near as the sacrum itself, within that margin.
+    """
     if not anterior_cortex.any():
-        return np.zeros_like(sacrum)
-    idx = ndi.distance_transform_edt(
-        ~sacrum, sampling=spacing[::-1], return_distances=False, return_indices=True
-    )
-    nearest_anterior = anterior_cortex[idx[0], idx[1], idx[2]]
-    return nearest_anterior & ~sacrum
+        return np.zeros(sacrum_mm.shape, dtype=bool)
+    to_cortex = signed_distance_mm(anterior_cortex, spacing, crop_margin_mm=FIELD_MARGIN_MM)
+    outside = (sacrum_mm > 0) & (sacrum_mm < FIELD_MARGIN_MM)
+    return outside & (to_cortex <= sacrum_mm + 1e-3)
 
 
 # -- candidates --------------------------------------------------------------------------------
@@ -253,6 +320,10 @@ def _entry_context(
         return f
 
     s2 = [d.z_mm for d in levels if d.level == "S2"]
+    s1 = [d for d in levels if d.level == "S1"] or levels[-1:]
+    # the S1 foramen's radius is half its medial-to-lateral width; its top is that far above
+    s1_top = s1[0].z_mm + 0.5 * (s1[0].lateral_mm - s1[0].medial_mm) if s1 else np.inf
+    s1_centre = 0.5 * (s1[0].lateral_mm + s1[0].medial_mm) if s1 else 0.0
     return EntryContext(
         entry=to_frame(entries),
         target=to_frame(tips),
@@ -260,6 +331,8 @@ def _entry_context(
         foramen_medial_x=lambda z: np.interp(z, zs, medial),
         foramen_lateral_x=lambda z: np.interp(z, zs, lateral),
         s2_z=float(s2[0]) if s2 else float(np.median(zs)),
+        s1_top_z=float(s1_top),
+        s1_centre_x=float(s1_centre),
     )
 
 
@@ -316,6 +389,7 @@ def plan_case(
     t0 = time.perf_counter()
     report(0.0, "distance fields")
     stack = build_fields(case)
+    t_fields = time.perf_counter()
     body = body_mask(case.image)
     targets = lesion_targets(case)
     needles = _needle_choices(options.needle_id)
@@ -343,8 +417,13 @@ def plan_case(
             zone,
         )
     report(0.9, "suggestion")
+    t_search = time.perf_counter()
     plan = _assemble_plan(case, results, stack, probe, options, needles, zone)
-    case.timings_s["plan"] = time.perf_counter() - t0
+    t_end = time.perf_counter()
+    case.timings_s["plan"] = t_end - t0
+    case.timings_s["plan_fields"] = t_fields - t0
+    case.timings_s["plan_search"] = t_search - t_fields
+    case.timings_s["plan_suggestion"] = t_end - t_search
     report(1.0, "done")
     return plan
 
@@ -752,14 +831,19 @@ def _assemble_plan(
     lesion = case.metrics.to_json()
     lesion["seed_lps"] = [float(v) for v in case.lesion.seed_lps]
     lesion["mode"] = case.lesion.mode_used
+    lesion["band"] = [float(v) for v in case.lesion.band]
+    lesion["mask"] = encode_mask(case.lesion.mask.array)
     meta = case.image.meta
+    image = case.image
     return Plan(
         case=CaseRef(
-            source_path=case.source,
+            source_path=study_reference(case.source),
             series_uid=meta.get("series_uid"),
             patient_name=meta.get("patient_name"),
             patient_id=meta.get("patient_id"),
             study_date=meta.get("study_date"),
+            modality=image.modality,
+            grid=grid_json(image.size, image.spacing, image.origin, image.direction),
         ),
         anatomy=case.anatomy_json() or {},
         lesion=lesion,
@@ -852,7 +936,10 @@ def _zone_rule(zone: int | None) -> str:
 def _cement(case: Case, stack: FieldStack, options: PlanOptions) -> Any:
     assert case.metrics is not None and case.lesion is not None and case.masks is not None
     m = case.masks
-    lesion = _crop_of(case.lesion.mask.array > 0, m.crop_index, m.image.array.shape)
+    factors = field_factors(m.image.spacing)
+    lesion_full = _crop_of(case.lesion.mask.array > 0, m.crop_index, m.image.array.shape)
+    lesion = pool_mask(lesion_full, factors, any_voxel=False)
+    bone = pool_mask(m.masks["sacrum"] | lesion_full, factors, any_voxel=False)
     keep_out: dict[str, np.ndarray] = {}
     for name, ch in (("canal", stack.canal), ("si_joint", stack.si_joint)):
         if ch >= 0:
@@ -860,7 +947,7 @@ def _cement(case: Case, stack: FieldStack, options: PlanOptions) -> Any:
     for ch in stack.foramen_channels:
         keep_out[f"foramen {ch}"] = stack.channel_mm(ch)
     cap = geometric_cement_cap_ml(
-        lesion, m.image.spacing, keep_out_distance_mm=keep_out, bone_mask=m.masks["sacrum"] | lesion
+        lesion, stack.spacing, keep_out_distance_mm=keep_out, bone_mask=bone
     )
     return suggest_cement(
         case.metrics.volume_ml,

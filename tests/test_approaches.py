@@ -69,3 +69,34 @@ def test_cohort_zone_rule() -> None:
     }
     assert admitted_for_zone(3) == ("interpedicular",)
     assert set(admitted_for_zone(2)) == {"posterior_short", "posterior_long"}
+
+
+def test_interpedicular_entry_admits_the_s1_pedicle_above_the_s1_foramen() -> None:
+    from planning.approaches import EntryContext, entry_rules_ok, get_approach
+
+    def context(entry: list[list[float]]) -> EntryContext:
+        e = np.asarray(entry, float)
+        return EntryContext(
+            entry=e,
+            target=np.zeros_like(e) + np.array([0.0, -1.0, -14.0]),
+            side_sign=1.0,
+            foramen_medial_x=lambda z: np.full(np.shape(z), 17.0),
+            foramen_lateral_x=lambda z: np.full(np.shape(z), 30.0),
+            s2_z=-52.0,
+            s1_top_z=-20.5,
+            s1_centre_x=23.5,
+        )
+
+    ok = entry_rules_ok(
+        get_approach("interpedicular"),
+        context(
+            [
+                [15.0, 30.0, -27.0],  # medial to the S1 foramen: admitted
+                [22.0, 30.0, -10.0],  # S1 pedicle, above the foramen, inside its centre line
+                [22.0, 30.0, -27.0],  # beside the S1 foramen at its own height: refused
+                [27.0, 30.0, -10.0],  # above it but lateral to its centre line: refused
+                [10.0, -20.0, -10.0],  # in front of the target: refused (dorsal rule)
+            ]
+        ),
+    )
+    assert ok.tolist() == [True, True, False, False, False]

@@ -204,6 +204,8 @@ def test_json_has_exactly_the_documented_keys(tmp_path: Path) -> None:
         "patient_name",
         "patient_id",
         "study_date",
+        "modality",
+        "grid",
     }
 
 

@@ -69,8 +69,14 @@ def exit_distance_mm(
         boundary); NaN when the ray is still inside after ``max_mm``.
     """
     out = np.empty(len(starts), dtype=np.float64)
+    inside = np.ascontiguousarray(inside)
+    # a bool mask is read as bytes in place: no copy of a whole-body mask on every call
+    if inside.dtype == np.bool_:
+        inside = inside.view(np.uint8)
+    else:
+        inside = inside.astype(np.uint8, copy=False)
     _march(
-        np.ascontiguousarray(inside, dtype=np.uint8),
+        inside,
         np.ascontiguousarray(world_to_index, dtype=np.float64),
         np.ascontiguousarray(starts, dtype=np.float64),
         np.ascontiguousarray(directions, dtype=np.float64),

@@ -357,10 +357,14 @@ def encode_mask(mask: np.ndarray) -> dict[str, Any]:
         ``{"shape": [K, J, I], "runs": [start, length, start, length, ...]}``: the inside
         voxels as runs over the C-order flattened array.
     """
-    flat = np.ascontiguousarray(np.asarray(mask) != 0).reshape(-1).astype(np.int8)
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], flat, [0]])))
-    starts, stops = edges[0::2], edges[1::2]
-    runs = np.column_stack([starts, stops - starts]).reshape(-1)
+    inside = np.flatnonzero(np.asarray(mask).reshape(-1))  # one pass; the lesion is small
+    if inside.size == 0:
+        runs = np.zeros(0, dtype=np.int64)
+    else:
+        breaks = np.flatnonzero(np.diff(inside) != 1)
+        starts = inside[np.concatenate([[0], breaks + 1])]
+        stops = inside[np.concatenate([breaks, [inside.size - 1]])] + 1
+        runs = np.column_stack([starts, stops - starts]).reshape(-1)
     return {"shape": [int(v) for v in np.shape(mask)], "runs": [int(v) for v in runs]}
 
 

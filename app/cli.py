@@ -191,11 +191,10 @@ def _demo_case(volume: Any, truth: dict[str, Any]) -> tuple[Any, dict[str, Any] 
     seed = case.default_seed()
     if seed is None:
         return case, None
-    if volume.modality.upper() != "CT":
-        case.grow_lesion(seed)
-        return case, None
-    case.find_anatomy()
+    _find_anatomy(case)
     case.grow_lesion(seed)
+    if volume.modality.upper() != "CT":
+        return case, None
     return case, plan_case(case).to_json()
 
 
@@ -259,13 +258,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
 
     case = _open_case(args)
     seed = _seed(args, case)
-    if case.image.modality.upper() == "CT":
-        case.find_anatomy()
-    else:
-        case.notes.append(
-            f"{case.image.modality} study: automatic anatomy needs a CT; place the foramen and "
-            "endplate landmarks in the workstation to get Denis zones and clearances"
-        )
+    _find_anatomy(case)
     band = parse_band(args.band) if args.band else None
     case.grow_lesion(seed, options=GrowOptions(mode=args.mode, band_hu=band))
     if args.out_labels:
@@ -282,6 +275,22 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     else:
         print(_format_segment(report))
     return EXIT_OK
+
+
+def _find_anatomy(case: Any) -> None:
+    """Automatic anatomy; on an MR a failure is a note (the lesion is still measured)."""
+    from imaging.errors import SegmentationError
+
+    if case.image.modality.upper() == "CT":
+        case.find_anatomy()
+        return
+    try:
+        case.find_anatomy()
+    except SegmentationError as exc:
+        case.notes.append(
+            f"{exc}; without it there are no Denis zones or clearances (place the foramen and "
+            "endplate landmarks in the workstation)"
+        )
 
 
 def parse_band(text: str) -> tuple[float, float]:
@@ -356,6 +365,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _format_plan(d: dict[str, Any]) -> str:
+    from planning.plan import clearance_text
+
     les = d["lesion"]
     lines = [
         f"Lesion: {les['volume_ml']:.2f} mL, {les['max_diameter_mm']:.1f} mm, "
@@ -367,8 +378,10 @@ def _format_plan(d: dict[str, Any]) -> str:
         if "candidate" in entry:
             c = d["candidates"][entry["candidate"]]
             cl = c["clearance_mm"]
+            od = c["needle_od_mm"]
             lines.append(
-                f"  {key:<17} {c['side']:<6} foramina {cl['foramina']} mm, canal {cl['canal']} mm,"
+                f"  {key:<17} {c['side']:<6} foramina {clearance_text(cl['foramina'], od)}, "
+                f"canal {clearance_text(cl['canal'], od)},"
                 f" bone ahead {c['tip_to_anterior_cortex_mm']} mm, {c['skin_to_target_mm']} mm"
                 f" ({c['needle']})"
             )
@@ -393,6 +406,101 @@ def _format_plan(d: dict[str, Any]) -> str:
         r = d["rfa"]
         lines.append(f"RFA: {r.get('n_ablations')} ablation(s), safety {r.get('safety')}")
     return "\n".join(lines)
+
+
+def _load_plan_arg(path: str) -> Any:
+    from planning.plan import load_plan
+
+    return load_plan(Path(path))
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from app.report import write_report
+
+    plan = _load_plan_arg(args.plan)
+    out = write_report(
+        plan,
+        Path(args.out),
+        anonymous=args.anonymous,
+        study_path=args.study,
+        draw_images=not args.no_images,
+    )
+    if args.json:
+        _print_json({"report": str(out)})
+    else:
+        print(f"Report written: {out}")
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from planning.export import open_plan_study, write_label_map, write_markups
+    from planning.plan import save_plan
+
+    if not (args.markups or args.seg or args.labels or args.plan_out):
+        raise UserInputError(
+            "say what to export: --markups OUT.mrk.json, --seg OUT.dcm, --labels OUT.nii.gz "
+            "and/or --plan-out OUT.json"
+        )
+    plan = _load_plan_arg(args.plan)
+    written: dict[str, Any] = {}
+    for option, value in (("--seg", args.seg), ("--labels", args.labels)):
+        if value and not Path(value).parent.is_dir():
+            raise UserInputError(f"the folder of {option} does not exist: {Path(value).parent}")
+    if args.markups:
+        written["markups"] = [str(p) for p in write_markups(plan, args.markups)]
+    if args.seg or args.labels:
+        if plan.lesion is None:
+            raise UserInputError("the plan holds no lesion to export (--seg, --labels)")
+        study = open_plan_study(plan, study=args.study, anatomy=bool(args.labels))
+        if study.lesion_mask is None:
+            raise UserInputError("the plan holds no lesion to export")
+        if args.seg:
+            written["seg"] = str(_write_seg(plan, study, Path(args.seg)))
+        if args.labels:
+            written["labels"] = str(write_label_map(study.labels, args.labels))
+        written["notes"] = list(study.notes)
+    if args.plan_out:
+        out = Path(args.plan_out)
+        if not out.parent.is_dir():
+            raise UserInputError(f"the folder of --plan-out does not exist: {out.parent}")
+        save_plan(plan, out, stamp=False)
+        written["plan"] = str(out)
+    if args.json:
+        _print_json(written)
+    else:
+        for key, value in written.items():
+            if key == "notes":
+                for note in value:
+                    print(f"Note: {note}")
+            else:
+                print(f"{key:<8} {', '.join(value) if isinstance(value, list) else value}")
+    return EXIT_OK
+
+
+def _write_seg(plan: Any, study: Any, out: Path) -> Path:
+    from imaging.seg import read_source_series, write_lesion_seg
+
+    paths = study.image.meta.get("source_paths") or []
+    source = read_source_series(list(paths))
+    return write_lesion_seg(study.lesion_mask, source, out, software_version=plan.software_version)
+
+
+def _cmd_anonymize(args: argparse.Namespace) -> int:
+    from imaging.anonymize import anonymize_folder
+
+    result = anonymize_folder(Path(args.in_dir), Path(args.out_dir))
+    if args.json:
+        _print_json(result.to_json())
+        return EXIT_OK
+    print(
+        f"Anonymised {len(result.written)} image(s) into {args.out_dir} "
+        f"({result.uids_remapped} UIDs replaced, private elements removed)"
+    )
+    for path, reason in result.skipped:
+        print(f"    skipped  {path}: {reason}")
+    for warning in result.warnings:
+        print(f"    warning  {warning}")
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------------
@@ -458,6 +566,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default="ct", choices=("ct", "mr"))
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("report", help="write the plan report (PDF or HTML)")
+    p.add_argument("plan", help="plan file (.json) written by 'sacroplan plan --out'")
+    p.add_argument("--out", required=True, help="report file: .pdf or .html")
+    p.add_argument("--anonymous", action="store_true", help="leave the patient identifiers out")
+    p.add_argument("--study", help="the study folder, when it is no longer where the plan says")
+    p.add_argument("--no-images", action="store_true", help="do not open the study: no pictures")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", help="export the plan: Slicer markups, DICOM SEG, label map")
+    p.add_argument("plan", help="plan file (.json)")
+    p.add_argument("--markups", help="chosen trajectories as 3D Slicer line markups (.mrk.json)")
+    p.add_argument("--seg", help="the lesion as DICOM SEG referencing the study (.dcm)")
+    p.add_argument("--labels", help="lesion and anatomy label map on the study grid (.nii.gz)")
+    p.add_argument("--plan-out", help="a copy of the plan JSON")
+    p.add_argument("--study", help="the study folder, when it is no longer where the plan says")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("anonymize", help="anonymised copy of a DICOM study (PS3.15 basic profile)")
+    p.add_argument("in_dir", help="folder with the study (only read)")
+    p.add_argument("out_dir", help="new or empty folder for the anonymised copy")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_anonymize)
+
+    from app.gui.main import add_gui_arguments, run_parsed
+
+    p = sub.add_parser("gui", help="open the planning workstation")
+    add_gui_arguments(p, sites)
+    p.set_defaults(func=run_parsed)
     return parser
 
 

@@ -343,6 +343,28 @@ def _grid(value: object, path: str) -> dict[str, Any]:
     }
 
 
+def clearance_is_lower_bound(value_mm: float | None, needle_od_mm: float) -> bool:
+    """True when a reported clearance is the scoring kernel's cap, i.e. only "at least" this.
+
+    The kernel follows each structure only up to :data:`geometry.kernels.DEFAULT_CLEARANCE_CAP_MM`
+    from the needle's axis; a farther structure is reported at the cap minus the needle's radius
+    (less the interpolation bound). Such a value is a true lower bound, shown as "≥".
+    """
+    from geometry.kernels import DEFAULT_CLEARANCE_CAP_MM
+
+    if value_mm is None or not math.isfinite(value_mm):
+        return False
+    return value_mm + needle_od_mm / 2.0 >= DEFAULT_CLEARANCE_CAP_MM - 0.5
+
+
+def clearance_text(value_mm: float | None, needle_od_mm: float, *, digits: int = 1) -> str:
+    """A clearance for people: ``"11.3 mm"``, ``"≥ 18.8 mm"`` at the cap, ``"–"`` when absent."""
+    if value_mm is None:
+        return "–"
+    mark = "≥ " if clearance_is_lower_bound(value_mm, needle_od_mm) else ""
+    return f"{mark}{value_mm:.{digits}f} mm"
+
+
 def encode_mask(mask: np.ndarray) -> dict[str, Any]:
     """Run-length code of a binary mask on the study grid, for ``lesion.mask``.
 

@@ -1,0 +1,662 @@
+"""The plan report: one document a radiologist can file, print or show, as PDF or HTML.
+
+Sections: the planning-aid notice, the case (identifiers unless anonymous), the lesion with
+its metrics and eligibility flags, the suggestion and its reasons, the needle, the C-arm
+angles in words, the cement volume with its band, cap and predicted filling, the RFA plan,
+the pictures (axial and sagittal slices through the needle tip with the anatomy outlines and
+the chosen needle, a 3D view and the bull's-eye view), the best candidate of every approach
+with its clearances and the reasons, the clearance along the needle depth, the evidence base
+(Tian et al., AJNR 2022), and the software version and date.
+
+One HTML body serves both outputs: the ``.html`` file is self-contained (pictures as
+``data:`` URIs); the ``.pdf`` is laid out by Qt's own rich-text engine (``QTextDocument``)
+and written by ``QPdfWriter``. Qt needs an application object: an existing one is used (the
+workstation), otherwise one is made, on the ``offscreen`` platform when there is no display.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from imaging.atomic import atomic_path, atomic_write_text
+from imaging.errors import SacroplanError
+from planning.plan import Candidate, Plan, clearance_text, software_version
+
+log = logging.getLogger("sacroplan.report")
+
+NOTICE = (
+    "Planning aid — verify clinically. sacroplan suggests; the operator decides. Every "
+    "distance is computed from the images and segmentations shown and must be checked on "
+    "the patient's images and under imaging during the procedure."
+)
+CITATION = (
+    "Tian QH, et al. Percutaneous sacroplasty with or without radiofrequency ablation for "
+    "the treatment of painful sacral metastases. AJNR Am J Neuroradiol 2022;43:1222–1227."
+)
+#: Order and captions of the pictures.
+IMAGE_CAPTIONS: dict[str, str] = {
+    "axial": "Axial slice through the needle tip (radiological view: patient's right on the "
+    "left). Outlines: sacrum yellow, ilia tan, foramina cyan, canal violet, lesion red; the "
+    "needle in green at its real diameter (solid within 3 mm of the slice).",
+    "sagittal": "Sagittal slice through the needle tip (anterior on the left, head up).",
+    "view3d": "3D view from behind the patient: sacrum and ilia (translucent), foramina, canal, "
+    "lesion and the needle.",
+    "bullseye": "Bull's-eye view: looking down the needle from the skin entry, as the C-arm "
+    "sees it when the needle projects as a dot.",
+}
+#: Section titles in order: the decisions first, then the pictures and the evidence.
+SECTIONS: tuple[str, ...] = (
+    "Case",
+    "Lesion",
+    "Suggestion",
+    "Needle",
+    "C-arm angles",
+    "Cement",
+    "Radiofrequency ablation",
+    "Images",
+    "Best candidate per approach",
+    "Clearance along the needle",
+    "Evidence base",
+    "About this report",
+)
+#: Sections that start a new page in the PDF.
+_NEW_PAGE = ("Images",)
+
+_CSS = """
+body { font-family: 'DejaVu Sans', Arial, sans-serif; font-size: 9.5pt; color: #111; }
+h1 { font-size: 16pt; margin: 0 0 4px 0; }
+h2 { font-size: 12pt; margin: 14px 0 4px 0; color: #17365d; border-bottom: 1px solid #17365d; }
+table.grid { border-collapse: collapse; }
+table.grid td, table.grid th { border: 1px solid #999; padding: 2px 4px; vertical-align: top; }
+table.grid th { background: #dde5ef; text-align: left; }
+table.tight { font-size: 8pt; }
+td.k { color: #444; padding-right: 10px; }
+.notice { background: #fff1c7; border: 1px solid #c58a00; padding: 6px; font-weight: bold; }
+.warn { color: #9c2a00; }
+.small { font-size: 8pt; color: #444; }
+.ok { color: #11661a; }
+"""
+
+
+# -- text helpers ------------------------------------------------------------------------------
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _mm(value: float | None, digits: int = 1) -> str:
+    return "–" if value is None else f"{value:.{digits}f} mm"
+
+
+def _pt(p: object) -> str:
+    if p is None:
+        return "–"
+    return "(" + ", ".join(f"{float(v):.1f}" for v in p) + ") mm"  # type: ignore[union-attr]
+
+
+def _approach_label(key: str | None) -> str:
+    if key is None:
+        return "manual"
+    try:
+        from planning.approaches import approach_registry
+
+        return approach_registry()[key].label
+    except (KeyError, SacroplanError):
+        return key
+
+
+def _needle_text(needle_id: str) -> tuple[str, Any]:
+    from planning.needles import get_needle
+
+    try:
+        n = get_needle(needle_id)
+    except SacroplanError:
+        return needle_id, None
+    return n.label, n
+
+
+def _kv(rows: list[tuple[str, str]]) -> str:
+    body = "".join(f"<tr><td class='k'>{_e(k)}</td><td>{v}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+# -- sections ----------------------------------------------------------------------------------
+def _case_section(plan: Plan, *, anonymous: bool) -> str:
+    c = plan.case
+    rows: list[tuple[str, str]] = []
+    if anonymous:
+        rows.append(("Patient", "anonymised (identifiers left out of this report)"))
+    else:
+        rows += [
+            ("Patient", _e(c.patient_name or "–")),
+            ("Patient ID", _e(c.patient_id or "–")),
+            ("Study date", _e(c.study_date or "–")),
+            ("Series UID", _e(c.series_uid or "–")),
+            ("Study", _e(c.source_path or "–")),
+        ]
+    rows.append(("Modality", _e(c.modality or "–")))
+    if c.grid:
+        g = c.grid
+        size = " × ".join(str(v) for v in g["size"])
+        spacing = " × ".join(f"{v:.3g}" for v in g["spacing_mm"])
+        rows.append(("Voxels", f"{size} ({spacing} mm)"))
+    if not anonymous:
+        rows.append(("Plan created", _e(plan.created)))
+    rows.append(("Plan modified", _e(plan.modified if not anonymous else plan.modified[:10])))
+    return _kv(rows)
+
+
+_FLAG_TEXT = {
+    "diameter_over_30mm": "largest diameter over 30 mm (the cohort treated lesions ≤ 3 cm)",
+    "touches_foramen": "the lesion touches a foramen",
+    "touches_canal": "the lesion touches the spinal canal",
+    "foraminal_erosion": "foraminal erosion (excluded from the cohort): leakage risk to the "
+    "nerve root",
+    "epidural_extension": "epidural extension (excluded from the cohort)",
+}
+
+
+def _lesion_section(plan: Plan) -> str:
+    les = plan.lesion
+    if les is None:
+        return "<p>No lesion in this plan.</p>"
+    zones = les.get("zones_ml") or {}
+    zone_text = ", ".join(f"zone {k} {float(v):.2f} mL" for k, v in sorted(zones.items()))
+    rows = [
+        ("Volume", f"{les['volume_ml']:.2f} mL"),
+        ("Largest diameter", _mm(les["max_diameter_mm"])),
+        ("Denis zone (centroid)", _e(les.get("denis_zone") or "unknown")),
+        ("Most medial zone touched", _e(les.get("most_medial_zone") or "–")),
+        ("Volume per zone", _e(zone_text or "–")),
+        ("Centroid", _pt(les.get("centroid_lps"))),
+        ("Seed", _pt(les.get("seed_lps"))),
+        ("Segmentation", _e(f"{les.get('mode') or '?'} mode" + _band(les.get("band")))),
+    ]
+    flags = les.get("flags") or {}
+    raised: list[str] = []
+    if isinstance(flags, dict):
+        for key, value in flags.items():
+            if key == "cortical_breach" and value:
+                raised.append("cortical breach: " + ", ".join(str(v) for v in value))
+            elif value is True:
+                raised.append(_FLAG_TEXT.get(key, key.replace("_", " ")))
+    elif isinstance(flags, list):
+        raised = [str(f) for f in flags]
+    flag_html = (
+        "<br>".join(f"<span class='warn'>⚠ {_e(f)}</span>" for f in raised)
+        if raised
+        else "<span class='ok'>none (within the cohort's eligibility criteria)</span>"
+    )
+    rows.append(("Eligibility flags", flag_html))
+    return _kv(rows)
+
+
+def _band(band: object) -> str:
+    if isinstance(band, list | tuple) and len(band) == 2:
+        return f", value band {float(band[0]):.0f} to {float(band[1]):.0f}"
+    return ""
+
+
+def _candidates_section(plan: Plan) -> str:
+    head = (
+        "<tr><th>Approach (side)</th><th>Needle</th><th>Skin to tip / in bone</th>"
+        "<th>Nearest foramen</th><th>Canal</th><th>Bone ahead of tip</th>"
+        "<th>Status, score and reasons</th></tr>"
+    )
+    rows = []
+    suggested = plan.suggestion.candidate if plan.suggestion else None
+    for key, entry in plan.best_by_approach.items():
+        label = _approach_label(key)
+        if "candidate" in entry and entry["candidate"] is not None:
+            i = entry["candidate"]
+            c = plan.candidates[i]
+            status = "suggested" if i == suggested else ("feasible" if c.feasible else "blocked")
+            reasons = "; ".join(c.violations)
+            rows.append(_candidate_row(label, c, status, reasons))
+        else:
+            reasons = "; ".join(entry.get("blocked_by", []))
+            rows.append(
+                f"<tr><td>{_e(label)}</td>"
+                + "<td>–</td>" * 5
+                + f"<td class='warn'>blocked: {_e(reasons)}</td></tr>"
+            )
+    if not rows:
+        return "<p>No candidate trajectories in this plan.</p>"
+    counts = ", ".join(f"{_approach_label(k)} {v}" for k, v in plan.evaluated.items())
+    return (
+        f"<table class='grid tight' width='100%'>{head}{''.join(rows)}</table>"
+        f"<p class='small'>Trajectories evaluated: {_e(counts or '–')}. Clearances are from "
+        "the needle's surface (its outer radius subtracted), conservative (minimum along the "
+        "path); ≥ marks a structure beyond the distance followed (at least that far). "
+        f"Margins: foramina ≥ {plan.margins.foramen_mm:g} mm, canal ≥ "
+        f"{plan.margins.canal_mm:g} mm, tip ≥ {plan.margins.anterior_cortex_mm:g} mm inside "
+        "the anterior cortex.</p>"
+    )
+
+
+def _candidate_row(label: str, c: Candidate, status: str, reasons: str) -> str:
+    by = c.clearance_mm.by_foramen
+    od = c.needle_od_mm
+    nearest = "–"
+    if by:
+        name = min(by, key=lambda k: by[k])
+        nearest = f"{clearance_text(by[name], od)} ({name})"
+    elif c.clearance_mm.foramina is not None:
+        nearest = clearance_text(c.clearance_mm.foramina, od)
+    _, needle = _needle_text(c.needle)
+    short = c.needle if needle is None else f"{needle.gauge}G {needle.length_mm / 10:g} cm"
+    cls = "ok" if status in ("suggested", "feasible") else "warn"
+    parts = [status]
+    if c.score is not None:
+        parts.append(f"score {c.score:.2f}")
+    parts.append("crosses the SI joint" if c.si_joint_crossed else "SI joint not crossed")
+    text = ", ".join(parts) + (f": {reasons}" if reasons else "")
+    exits = " (exits anteriorly)" if c.exits_anterior else ""
+    return (
+        f"<tr><td>{_e(label)} ({_e(c.side or '–')})</td><td>{_e(short)}</td>"
+        f"<td>{c.skin_to_target_mm:.0f} / {c.in_bone_mm:.0f} mm</td>"
+        f"<td>{_e(nearest)}</td><td>{_e(clearance_text(c.clearance_mm.canal, od))}</td>"
+        f"<td>{_mm(c.tip_to_anterior_cortex_mm)}{exits}</td>"
+        f"<td class='{cls}'>{_e(text)}</td></tr>"
+    )
+
+
+def _suggestion_section(plan: Plan) -> str:
+    s = plan.suggestion
+    if s is None or s.approach is None:
+        return (
+            "<p class='warn'>No approach is feasible with these margins; the table above says "
+            "which constraint blocks each one.</p>"
+        )
+    items = "".join(f"<li>{_e(r)}</li>" for r in s.reasons)
+    return f"<p><b>{_e(_approach_label(s.approach))}</b></p><ul>{items}</ul>"
+
+
+def _chosen(plan: Plan) -> tuple[Any, Candidate | None]:
+    t = plan.trajectories[0] if plan.trajectories else None
+    if t is None:
+        return None, None
+    for c in plan.candidates:
+        if c.skin_entry_lps == t.entry_lps and c.target_lps == t.target_lps:
+            return t, c
+    return t, None
+
+
+def _needle_section(plan: Plan) -> str:
+    t, c = _chosen(plan)
+    if t is None:
+        return "<p>No trajectory chosen.</p>"
+    import numpy as np
+
+    label, needle = _needle_text(t.needle)
+    length = float(np.linalg.norm(np.subtract(t.target_lps, t.entry_lps)))
+    rows = [("Needle", _e(label))]
+    if needle is not None:
+        rows.append(
+            (
+                "Size",
+                f"{needle.gauge}G, {needle.length_mm / 10:g} cm long, outer diameter "
+                f"{needle.outer_diameter_mm:g} mm, working length "
+                f"{needle.working_length_mm:.0f} mm",
+            )
+        )
+    rows += [
+        ("Approach", _e(f"{_approach_label(t.approach)} ({t.source})")),
+        ("Skin entry", _pt(t.entry_lps)),
+        ("Bone entry", _pt(c.bone_entry_lps) if c is not None else "–"),
+        ("Tip (target)", _pt(t.target_lps)),
+        ("Skin to tip", _mm(length)),
+    ]
+    if len(plan.trajectories) > 1:
+        rows.append(("Further needles", str(len(plan.trajectories) - 1)))
+    return (
+        _kv(rows) + "<p class='small'>Points are LPS millimetres (DICOM patient coordinates).</p>"
+    )
+
+
+def _carm_section(plan: Plan) -> str:
+    _, c = _chosen(plan)
+    if c is None or c.c_arm is None:
+        return "<p>No C-arm view (no chosen trajectory).</p>"
+    v = c.c_arm
+    lao = f"LAO {v.primary_deg:.0f}°" if v.primary_deg >= 0 else f"RAO {-v.primary_deg:.0f}°"
+    cra = f"CRA {v.secondary_deg:.0f}°" if v.secondary_deg >= 0 else f"CAU {-v.secondary_deg:.0f}°"
+    return _kv(
+        [
+            ("Bull's-eye view", f"<b>{_e(v.text)}</b>"),
+            (
+                "DICOM angles",
+                f"primary {v.primary_deg:.1f}° ({lao}), secondary {v.secondary_deg:.1f}° ({cra})",
+            ),
+        ]
+    )
+
+
+def _cement_section(plan: Plan) -> str:
+    cem = plan.cement
+    if cem is None:
+        return "<p>No cement suggestion in this plan.</p>"
+    rows = [
+        ("Suggested volume", f"<b>{cem.suggested_ml:.1f} mL</b>"),
+        ("Band", f"{cem.band_ml[0]:.1f}–{cem.band_ml[1]:.1f} mL"),
+        ("Geometric cap", "–" if cem.cap_ml is None else f"{cem.cap_ml:.1f} mL"),
+        (
+            "Predicted filling degree",
+            "–" if cem.predicted_filling is None else f"{100 * cem.predicted_filling:.0f} %",
+        ),
+        ("Ratio to lesion volume", f"{cem.ratio:.2f}"),
+    ]
+    warn = "".join(f"<p class='warn'>⚠ {_e(w)}</p>" for w in cem.warnings)
+    return _kv(rows) + f"<p class='small'>{_e(cem.basis)}</p>" + warn
+
+
+def _rfa_section(plan: Plan) -> str:
+    r = plan.rfa
+    if r is None:
+        return "<p>No ablation planned (PSP alone).</p>"
+    safety = {"allowed": "ok", "warn": "warn", "advise_psp_alone": "warn"}.get(r.safety, "")
+    rows = [
+        ("Device", _e(r.device)),
+        ("Ablation zone", f"{r.zone_length_mm:.0f} mm long × {r.zone_diameter_mm:.0f} mm wide"),
+        (
+            "Lesion along / across the track",
+            f"{r.lesion_extent_mm:.0f} mm / {r.lesion_width_mm:.0f} mm",
+        ),
+        ("Overlapping ablations", f"{r.n_ablations} on {r.n_tracks} track(s)"),
+        (
+            "Zone edge to foramen / canal",
+            f"{_mm(r.zone_edge_to_foramen_mm)} / {_mm(r.zone_edge_to_canal_mm)}",
+        ),
+        (
+            "Thermal safety",
+            f"<span class='{safety}'><b>{_e(r.safety.replace('_', ' '))}"
+            f"</b>: {_e(r.safety_reason)}</span>",
+        ),
+    ]
+    warn = "".join(f"<p class='warn'>⚠ {_e(w)}</p>" for w in r.warnings)
+    return _kv(rows) + warn + f"<p class='small'>{_e(r.evidence)}</p>"
+
+
+def _evidence_section() -> str:
+    rows = (
+        "<tr><th>Group</th><th>Patients</th><th>Lesion volume</th><th>Cement volume</th>"
+        "<th>Filling degree</th><th>Leakage</th></tr>"
+        "<tr><td>PSP + RFA</td><td>51</td><td>7.22 ± 1.74 mL</td>"
+        "<td>6.42 ± 1.73 mL (3–8)</td><td>84.8 %</td><td>17 % of lesions</td></tr>"
+        "<tr><td>PSP alone</td><td>75</td><td>6.69 ± 1.96 mL</td>"
+        "<td>5.31 ± 1.52 mL (2–8)</td><td>76.2 %</td><td>19 % of lesions</td></tr>"
+    )
+    return (
+        "<p>Reference cohort: 126 patients, 162 sacral metastases ≤ 3 cm, treated by "
+        "percutaneous sacroplasty (PSP) with or without radiofrequency ablation (RFA). Lesions "
+        "with neuroforaminal erosion or epidural tumour were excluded. Approaches used: "
+        "posterior 60, interpedicular 39, anterior-oblique 32, transiliac 16. Filling degree = "
+        "largest cement diameter / largest lesion diameter. RFA: 17G electrode, 1–3 cm active "
+        "tip, 30 W, 70–90 °C, on average 1.89 overlapping ablations (7.5 min).</p>"
+        f"<table class='grid'>{rows}</table>"
+        f"<p class='small'>{_e(CITATION)} Cement volumes suggested here are the cohort-mean "
+        "ratios applied to this lesion, not a model fitted to individual lesions.</p>"
+    )
+
+
+def _about_section(plan: Plan, notes: list[str]) -> str:
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [
+        ("Report made", now),
+        ("sacroplan version", _e(software_version())),
+        ("Plan written by", _e(f"sacroplan {plan.software_version}")),
+    ]
+    note_html = "".join(f"<p class='warn'>Note: {_e(n)}</p>" for n in notes)
+    return _kv(rows) + note_html + f"<p class='notice'>{_e(NOTICE)}</p>"
+
+
+def _images_section(images: Mapping[str, bytes], src: Callable[[str], str]) -> str:
+    cells = []
+    for key, caption in IMAGE_CAPTIONS.items():
+        if key in images:
+            cells.append(
+                f"<td width='50%' valign='top'><img src='{src(key)}' width='330'>"
+                f"<br><span class='small'>{_e(caption)}</span></td>"
+            )
+    if not cells:
+        return "<p class='warn'>No pictures (see the notes at the end).</p>"
+    rows = "".join("<tr>" + "".join(cells[i : i + 2]) + "</tr>" for i in range(0, len(cells), 2))
+    return f"<table width='100%' cellspacing='6'>{rows}</table>"
+
+
+def report_html(
+    plan: Plan,
+    *,
+    images: Mapping[str, bytes] | None = None,
+    anonymous: bool = False,
+    notes: list[str] | None = None,
+    src: Callable[[str], str] | None = None,
+) -> str:
+    """The report as one HTML document.
+
+    Parameters
+    ----------
+    plan : Plan
+    images : mapping of str to bytes, optional
+        PNG pictures by key (``axial``, ``sagittal``, ``view3d``, ``bullseye``,
+        ``clearance``).
+    anonymous : bool
+        Leave out the patient's identifiers, the study path and UIDs.
+    notes : list of str
+        Plain notes shown at the end (what could not be drawn, and why).
+    src : callable, optional
+        How an image key becomes an ``<img src>``; default: a ``data:`` URI.
+    """
+    images = dict(images or {})
+    notes = list(notes or [])
+
+    def data_uri(key: str) -> str:
+        return "data:image/png;base64," + base64.b64encode(images[key]).decode("ascii")
+
+    src = src or data_uri
+    clearance = (
+        f"<img src='{src('clearance')}' width='660'>"
+        if "clearance" in images
+        else "<p>No clearance plot (no chosen needle, or the anatomy could not be found).</p>"
+    )
+    body = {
+        "Case": _case_section(plan, anonymous=anonymous),
+        "Lesion": _lesion_section(plan),
+        "Images": _images_section(images, src),
+        "Best candidate per approach": _candidates_section(plan),
+        "Suggestion": _suggestion_section(plan),
+        "Needle": _needle_section(plan),
+        "C-arm angles": _carm_section(plan),
+        "Cement": _cement_section(plan),
+        "Radiofrequency ablation": _rfa_section(plan),
+        "Clearance along the needle": clearance,
+        "Evidence base": _evidence_section(),
+        "About this report": _about_section(plan, notes),
+    }
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        "<title>sacroplan plan report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Percutaneous sacroplasty plan</h1>",
+        f"<p class='notice'>{_e(NOTICE)}</p>",
+    ]
+    for title in SECTIONS:
+        style = " style='page-break-before: always'" if title in _NEW_PAGE else ""
+        parts.append(f"<h2{style}>{_e(title)}</h2>{body[title]}")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# -- images and files --------------------------------------------------------------------------
+def _images_for(
+    plan: Plan, *, case: Any, study_path: str | os.PathLike[str] | None, notes: list[str]
+) -> dict[str, bytes]:
+    """Open the plan's study (or use the workstation's case) and draw every picture."""
+    from app.report_images import render_report_images
+    from planning.export import PlanStudy, StudyNotFoundError, open_plan_study
+
+    try:
+        if case is not None:
+            study = _study_from_case(plan, case, PlanStudy)
+        else:
+            study = open_plan_study(plan, study=study_path)
+    except StudyNotFoundError as exc:
+        notes.append(f"the pictures are missing: {exc}")
+        return {}
+    notes.extend(study.notes)
+    try:
+        return render_report_images(plan, study)
+    except Exception as exc:  # drawing must never cost the user the report itself
+        log.exception("report pictures failed")
+        notes.append(f"the pictures could not be drawn ({type(exc).__name__}: {exc})")
+        return {}
+
+
+def _study_from_case(plan: Plan, case: Any, cls: Any) -> Any:
+    import numpy as np
+
+    from imaging.labels import Label
+    from planning.plan import decode_mask
+
+    mask = None
+    if case.lesion is not None:
+        mask = case.lesion.mask
+    elif plan.lesion is not None and plan.lesion.get("mask") is not None:
+        arr = decode_mask(plan.lesion["mask"])
+        if arr.shape == case.image.array.shape:
+            mask = case.image.with_array(arr.astype(np.uint8), modality="LABEL")
+    labels = case.label_map()
+    if mask is not None:
+        arr = labels.array.copy()
+        arr[mask.array > 0] = Label.LESION
+        labels = labels.with_array(arr, modality="LABEL")
+    return cls(case=case, lesion_mask=mask, labels=labels, notes=[])
+
+
+def ensure_qt_gui() -> Any:
+    """The running Qt application, or a new one (``offscreen`` when there is no display).
+
+    A new one is a ``QApplication`` (a ``QGuiApplication`` that widgets can use too), so
+    the workstation can still open its windows later in the same process.
+    """
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    if app is not None:
+        return app
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    return QApplication(["sacroplan-report"])
+
+
+def build_document(html_text: str, images: Mapping[str, bytes]) -> Any:
+    """A ``QTextDocument`` of the report with the pictures registered as resources."""
+    from PySide6.QtCore import QUrl
+    from PySide6.QtGui import QImage, QTextDocument
+
+    ensure_qt_gui()
+    doc = QTextDocument()
+    for key, png in images.items():
+        image = QImage.fromData(png, "PNG")
+        doc.addResource(QTextDocument.ResourceType.ImageResource, QUrl(f"img:{key}"), image)
+    doc.setHtml(html_text)
+    return doc
+
+
+def write_pdf(html_text: str, images: Mapping[str, bytes], out_path: Path) -> None:
+    """Lay out the report with Qt and write it as an A4 PDF (atomically)."""
+    from PySide6.QtCore import QMarginsF
+    from PySide6.QtGui import QPageLayout, QPageSize, QPdfWriter
+
+    doc = build_document(html_text, images)
+    with atomic_path(out_path) as tmp:
+        writer = QPdfWriter(str(tmp))
+        writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
+        # QTextDocument.print_ lays the pages out with its own 2 cm margins
+        writer.setPageMargins(QMarginsF(0, 0, 0, 0), QPageLayout.Unit.Millimeter)
+        writer.setResolution(150)
+        writer.setTitle("sacroplan plan report")
+        writer.setCreator(f"sacroplan {software_version()}")
+        doc.print_(writer)
+        del writer  # finishes the file
+
+
+def write_report(
+    plan: Plan,
+    out_path: str | os.PathLike[str],
+    *,
+    case: Any = None,
+    anonymous: bool = False,
+    images: Mapping[str, bytes] | None = None,
+    study_path: str | os.PathLike[str] | None = None,
+    draw_images: bool = True,
+) -> Path:
+    """Write the plan report as PDF or HTML (chosen by the file's suffix).
+
+    Parameters
+    ----------
+    plan : Plan
+    out_path : path
+        ``.pdf`` or ``.html``/``.htm``; its folder must exist.
+    case : planning.case.Case, optional
+        The workstation's open case (its image, anatomy and lesion are drawn); without it
+        the plan's study is re-opened from ``study_path`` or the path the plan records.
+    anonymous : bool
+        Leave the patient's identifiers out.
+    images : mapping of str to bytes, optional
+        Pictures already rendered by the workstation (PNG bytes by key: ``axial``,
+        ``sagittal``, ``view3d``, ``bullseye``, ``clearance``); missing keys are drawn here
+        when the study is at hand.
+    study_path : path, optional
+        Where the study is now, when it has moved.
+    draw_images : bool
+        Draw the missing pictures from the study (False: only ``images`` are shown).
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    SacroplanError
+        Unknown suffix, missing folder, or the file cannot be written; the plan names as
+        its study something that is not it (a relative path, a file that is not a study, a
+        study on another grid: :class:`~planning.export.StudyMismatchError`). A study that
+        is no longer where the plan says is not an error: the report is written without
+        pictures and says why.
+    """
+    out = Path(out_path)
+    suffix = out.suffix.lower()
+    if suffix not in (".pdf", ".html", ".htm"):
+        raise SacroplanError(f"the report must be a .pdf or .html file, got {out.name!r}")
+    if not out.parent.is_dir():
+        raise SacroplanError(f"the folder of the report does not exist: {out.parent}")
+    if out.is_dir():
+        raise SacroplanError(f"{out} is a folder, not a file")
+    notes: list[str] = []
+    pictures = dict(images or {})
+    wanted = set(IMAGE_CAPTIONS) | {"clearance"}
+    if not draw_images and not wanted <= set(pictures):
+        notes.append("the study was not opened (no pictures asked for)")
+    if draw_images and not wanted <= set(pictures):
+        drawn = _images_for(plan, case=case, study_path=study_path, notes=notes)
+        for key, png in drawn.items():
+            pictures.setdefault(key, png)
+    try:
+        if suffix == ".pdf":
+            text = report_html(
+                plan, images=pictures, anonymous=anonymous, notes=notes, src=lambda k: f"img:{k}"
+            )
+            write_pdf(text, pictures, out)
+        else:
+            text = report_html(plan, images=pictures, anonymous=anonymous, notes=notes)
+            atomic_write_text(out, text)
+    except OSError as exc:
+        raise SacroplanError(f"cannot write the report {out}: {exc.strerror or exc}") from exc
+    return out

@@ -1,0 +1,237 @@
+"""The plan report: every section in the PDF's text, numbers matching the plan, pictures
+rendered headless, a self-contained HTML file, and a report without pictures when the study
+is gone."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.report import IMAGE_CAPTIONS, SECTIONS, write_report
+from imaging.sample import write_sample
+from planning.case import Case
+from planning.plan import Plan, load_plan, save_plan, software_version
+from planning.planner import PlanOptions, plan_case
+
+pypdf = pytest.importorskip("pypdf")
+REPO = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def planned_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Plan, Path, Case]:
+    """The sample written as DICOM, read back, planned with RFA, saved: plan, file, case."""
+    root = tmp_path_factory.mktemp("report")
+    written = write_sample(root / "sample", spacing_mm=(1.5, 1.5, 1.5))
+    truth = json.loads(Path(written["truth"]).read_text())
+    case = Case.open(written["dicom"])
+    case.find_anatomy()
+    case.grow_lesion(np.asarray(truth["lesion"]["center_lps"], dtype=float))
+    plan = plan_case(case, options=PlanOptions(with_rfa=True))
+    path = root / "plan.json"
+    plan = save_plan(plan, path)
+    assert plan.suggestion is not None and plan.trajectories and plan.rfa is not None
+    return plan, path, case
+
+
+@pytest.fixture(scope="module")
+def planned(planned_case: tuple[Plan, Path, Case]) -> tuple[Plan, Path]:
+    return planned_case[0], planned_case[1]
+
+
+def _words(text: str) -> str:
+    """PDF text with any run of white space (tabs, line breaks) as one space."""
+    return re.sub(r"\s+", " ", text.replace("\u00ad", "")).strip()
+
+
+def _pdf_text(path: Path) -> tuple[str, int]:
+    reader = pypdf.PdfReader(str(path))
+    images = sum(len(page.images) for page in reader.pages)
+    return _words(" ".join(page.extract_text() for page in reader.pages)), images
+
+
+@pytest.fixture(scope="module")
+def pdf(planned: tuple[Plan, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from app.cli import main
+
+    _, plan_path = planned
+    out = tmp_path_factory.mktemp("pdf") / "report.pdf"
+    assert main(["report", str(plan_path), "--out", str(out)]) == 0
+    return out
+
+
+def test_pdf_has_every_section_and_the_pictures(pdf: Path) -> None:
+    assert pdf.read_bytes().startswith(b"%PDF")
+    text, n_images = _pdf_text(pdf)
+    for title in SECTIONS:
+        assert title in text, title
+    assert "Planning aid — verify clinically" in text
+    assert "AJNR Am J Neuroradiol 2022;43:1222–1227" in text
+    assert "126 patients, 162 sacral metastases" in text
+    assert f"sacroplan version {software_version()}" in text
+    # axial, sagittal, 3D, bull's-eye and the clearance plot
+    assert n_images >= 5
+    assert "Note:" not in text  # everything could be drawn
+
+
+def test_pdf_numbers_match_the_plan(planned: tuple[Plan, Path], pdf: Path) -> None:
+    plan, _ = planned
+    text, _ = _pdf_text(pdf)
+    les = plan.lesion
+    assert f"{les['volume_ml']:.2f} mL" in text
+    assert f"{les['max_diameter_mm']:.1f} mm" in text
+    chosen = plan.candidates[plan.suggestion.candidate]
+    assert _words(chosen.c_arm.text) in text
+    assert _words(plan.suggestion.reasons[0]) in text
+    nearest = min(chosen.clearance_mm.by_foramen.values())
+    assert f"{nearest:.1f} mm" in text
+    cem = plan.cement
+    assert f"{cem.suggested_ml:.1f} mL" in text
+    assert f"{cem.band_ml[0]:.1f}–{cem.band_ml[1]:.1f} mL" in text
+    assert f"{100 * cem.predicted_filling:.0f} %" in text
+    assert f"{plan.rfa.n_ablations} on {plan.rfa.n_tracks} track(s)" in text
+    for key, entry in plan.best_by_approach.items():
+        if "blocked_by" in entry:
+            assert _words(entry["blocked_by"][0])[:40] in text, key
+    # identifiers of the (synthetic) patient are in the named report
+    assert "SACROPLAN^PHANTOM" in text and "PHANTOM" in text
+
+
+def test_anonymous_report_leaves_identifiers_out(
+    planned: tuple[Plan, Path], tmp_path: Path
+) -> None:
+    plan, _ = planned
+    out = write_report(plan, tmp_path / "anon.html", anonymous=True)
+    html_text = out.read_text()
+    assert "SACROPLAN^PHANTOM" not in html_text
+    assert plan.case.series_uid not in html_text
+    assert str(plan.case.source_path) not in html_text
+    assert "anonymised" in html_text
+
+
+def test_html_is_self_contained(planned: tuple[Plan, Path], tmp_path: Path) -> None:
+    plan, _ = planned
+    out = write_report(plan, tmp_path / "report.html")
+    text = out.read_text()
+    sources = re.findall(r"<img src='([^']*)'", text)
+    assert len(sources) == len(IMAGE_CAPTIONS) + 1
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+    for title in SECTIONS:
+        assert re.search(rf"<h2[^>]*>{re.escape(title)}</h2>", text), title
+
+
+def test_report_without_the_study_says_why(planned: tuple[Plan, Path], tmp_path: Path) -> None:
+    plan, _ = planned
+    moved = dataclasses.replace(
+        plan, case=dataclasses.replace(plan.case, source_path=str(tmp_path / "moved-away"))
+    )
+    out = write_report(moved, tmp_path / "no-study.pdf")
+    text, n_images = _pdf_text(out)
+    assert n_images == 0
+    assert "pictures are missing" in text and "moved-away" in text
+    for title in SECTIONS:
+        assert title in text
+
+
+def test_pictures_from_the_workstation_are_used_as_given(
+    planned: tuple[Plan, Path], tmp_path: Path
+) -> None:
+    plan, _ = planned
+    moved = dataclasses.replace(plan, case=dataclasses.replace(plan.case, source_path=None))
+    from PySide6.QtGui import QColor, QImage
+
+    from app.report import ensure_qt_gui
+
+    ensure_qt_gui()
+    pictures = {}
+    for n, key in enumerate([*IMAGE_CAPTIONS, "clearance"]):
+        img = QImage(40 + n, 30, QImage.Format.Format_RGB32)
+        img.fill(QColor(10 * n, 100, 200))
+        path = tmp_path / f"{key}.png"
+        img.save(str(path))
+        pictures[key] = path.read_bytes()
+    out = write_report(moved, tmp_path / "given.html", images=pictures)
+    text = out.read_text()
+    assert "pictures are missing" not in text  # the study was not needed
+    for png in pictures.values():
+        assert base64.b64encode(png).decode() in text
+
+
+def test_report_errors(planned: tuple[Plan, Path], tmp_path: Path, capsys) -> None:
+    from app.cli import main
+
+    _, plan_path = planned
+    assert main(["report", str(plan_path), "--out", str(tmp_path / "r.docx")]) == 2
+    assert ".pdf or .html" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "none.json"), "--out", str(tmp_path / "r.pdf")]) == 2
+    assert "cannot open the plan" in capsys.readouterr().err
+
+    # a plan naming as its study a file that is not one is refused, not half-reported
+    plan, _ = planned
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a study")
+    odd = dataclasses.replace(plan, case=dataclasses.replace(plan.case, source_path=str(notes)))
+    odd_path = tmp_path / "odd.json"
+    save_plan(odd, odd_path)
+    out = tmp_path / "odd.pdf"
+    assert main(["report", str(odd_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and not out.exists()
+    # ... unless the user asks for no pictures
+    assert main(["report", str(odd_path), "--out", str(out), "--no-images"]) == 0
+    text, n_images = _pdf_text(out)
+    assert n_images == 0 and "study was not opened" in text
+
+
+@pytest.mark.parametrize("display", ["none", "xvfb"])
+def test_pictures_render_headless(planned: tuple[Plan, Path], tmp_path: Path, display: str) -> None:
+    """Offscreen VTK with no X display at all (EGL), and under Xvfb."""
+    _, plan_path = planned
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    }
+    out = tmp_path / "report.pdf"
+    cmd = [sys.executable, "-m", "app.cli", "report", str(plan_path), "--out", str(out)]
+    if display == "xvfb":
+        import shutil
+
+        if shutil.which("xvfb-run") is None:
+            pytest.skip("xvfb-run is not installed")
+        cmd = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", *cmd]
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    text, n_images = _pdf_text(out)
+    assert n_images >= 5 and "Note:" not in text
+
+
+def test_plan_records_what_reopening_the_study_needs(planned: tuple[Plan, Path]) -> None:
+    _, plan_path = planned
+    plan = load_plan(plan_path)
+    assert plan.case.modality == "CT" and plan.case.grid is not None
+    assert plan.case.series_uid and Path(plan.case.source_path).is_dir()
+    assert plan.lesion["mask"]["shape"] == list(reversed(plan.case.grid["size"]))
+    assert len(plan.lesion["band"]) == 2
+
+
+def test_workstation_case_is_drawn_without_reopening_the_study(
+    planned_case: tuple[Plan, Path, Case], tmp_path: Path
+) -> None:
+    plan, _, case = planned_case
+    nowhere = dataclasses.replace(plan, case=dataclasses.replace(plan.case, source_path=None))
+    out = write_report(nowhere, tmp_path / "from-case.html", case=case)
+    text = out.read_text()
+    assert "Note:" not in text
+    assert len(re.findall(r"<img src='data:image/png;base64,", text)) == len(IMAGE_CAPTIONS) + 1

@@ -1,0 +1,1 @@
+"""The workflow panel's steps: anatomy, lesion, trajectories, plan, export."""

@@ -49,22 +49,19 @@ def test_volume_within_5_percent_and_dice(measured):
 
 #: The S2 ala lesions lie 2.1 mm from the S2 foramen: on 2 mm MR slices the voxels between
 #: them mix lesion, cortex and marrow to a lesion-like value, so the grown outline reaches
-#: within one voxel of the foramen.
+#: the foramen over a few mm² (under the contact area that counts as touching), and those
+#: voxels, left out of the sacrum mask, read as a breach.
 NEAR_FORAMEN = {"left_ala_s2", "right_ala_s2"}
 #: Lesions whose outline reaches a voxel the sacrum mask left out (reported as a breach).
 OPEN_OUTLINE = NEAR_FORAMEN | {"right_ala_s1"}
 
 
-def test_zone_and_flags(measured, request):
+def test_zone_and_flags(measured):
     site, phantom, _, metrics = measured
     truth = phantom.truth.lesion
     assert metrics.denis_zone == truth.denis_zone
     assert metrics.diameter_over_30mm is truth.diameter_over_30mm
     assert metrics.touches_canal is truth.touches_canal
-    if site in NEAR_FORAMEN:
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason="2.1 mm from a foramen on 2 mm MR slices")
-        )
     assert metrics.touches_foramen is truth.touches_foramen
 
 

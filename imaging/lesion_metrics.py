@@ -30,8 +30,10 @@ from scipy.spatial import ConvexHull, QhullError
 from imaging.lesion_util import bbox_crop, grid_like, mask_on_grid, values_at
 from imaging.volume import Volume
 
-#: A cortical breach smaller than this (mm² of exposed lesion surface) is not reported.
-MIN_BREACH_AREA_MM2 = 4.0
+#: A cortical breach smaller than this (mm² of exposed lesion surface, about a 4 x 4 mm patch)
+#: is not reported: on 2-3 mm slices a partial-volume cortex voxel at the lesion's edge that the
+#: bone mask left out exposes a few faces (7-12 mm² seen on MR phantoms with intact cortex).
+MIN_BREACH_AREA_MM2 = 15.0
 #: A lesion touches a foramen or the canal when their shared surface (faces between lesion and
 #: structure voxels) is at least this large: about a 4 x 4 mm patch. A count of voxels would
 #: depend on the grid: on thick slices a one-voxel rim of partial volume between a lesion 2 mm

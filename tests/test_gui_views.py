@@ -533,3 +533,47 @@ def test_3d_view_and_needle_views_render(qtbot, grid: ViewGrid, tmp_path) -> Non
     assert img.width() == grid.width() and img.height() == grid.height()
     grid.set_banner(None)
     assert not grid.slice_views["axial"]._banner.GetVisibility()
+
+
+def test_labels_set_after_zones_stay_visible(qtbot, grid: ViewGrid) -> None:  # noqa: ANN001
+    """Labels given after the Denis zones are drawn over the zone tint, as in the other order."""
+    vol, lab, _marker = _study()
+    grid.set_volume(vol)
+    grid.set_layout("1x1", main="axial")
+    grid.set_window_level(400, 40)
+    view = grid.slice_views["axial"]
+    view.set_crosshair_visible(False)
+    inside = vol.index_to_world(np.array([24.0, 25.0, 17.0]))  # lesion, off the marker
+    grid.set_crosshair(inside)
+    zones = vol.with_array(np.full(vol.array.shape, 1, dtype=np.uint8), modality="LABEL")
+
+    def lesion_pixels() -> int:
+        _settle(qtbot, grid)
+        rgb = grid.grab_views()["axial"].astype(int)
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        return int(np.count_nonzero((r > 200) & (g < 120) & (b < 120)))
+
+    grid.set_labels(lab)
+    grid.set_zone_map(zones)
+    reference = lesion_pixels()
+    assert reference > 20, "the lesion outline is drawn over the zone tint"
+    grid.set_labels(None)
+    grid.set_labels(lab)  # after set_zone_map: the bug hid the outlines here
+    assert lesion_pixels() >= 0.8 * reference
+    grid.set_zone_map(None)
+    grid.set_zone_map(zones)
+    assert lesion_pixels() >= 0.8 * reference
+
+
+def test_focus_needle_out_of_range_clears_the_focus(qtbot, grid: ViewGrid) -> None:  # noqa: ANN001
+    vol, _lab, marker = _study()
+    grid.set_volume(vol)
+    grid.set_needles([NeedleDisplay(marker + 40.0, marker, 2.0, (0.2, 1.0, 0.3))])
+    grid.focus_needle(0)
+    assert grid._focused_needle == 0
+    grid.focus_needle(5)
+    grid.focus_needle(-1)
+    assert grid._focused_needle is None
+    grid.set_needles([])
+    grid.focus_needle(0)
+    _settle(qtbot, grid)

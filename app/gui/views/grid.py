@@ -167,7 +167,11 @@ class ViewGrid(QWidget):
         self.request_render()
 
     def set_labels(self, labels: Volume | None) -> None:
-        """Label map (imaging.labels codes) as slice overlays and 3D surfaces."""
+        """Label map (imaging.labels codes) as slice overlays and 3D surfaces.
+
+        The slice overlays change at once; the 3D surfaces are built on a worker thread and
+        appear when ready (``view3d.surfaces_changed``; :meth:`render_all` waits for them).
+        """
         for view in self._all_slice_views().values():
             view.set_labels(labels)
         self.view3d.set_labels(labels)
@@ -329,9 +333,13 @@ class ViewGrid(QWidget):
         self.view3d.request_render()
 
     def focus_needle(self, index: int) -> None:
-        """Centre the slice planes on needle ``index``'s tip; the needle views follow it."""
+        """Centre the slice planes on needle ``index``'s tip; the needle views follow it.
+
+        An index with no needle only clears the focus (the needle views stop following).
+        """
         if not 0 <= index < len(self._needles):
-            raise IndexError(f"no needle {index} (there are {len(self._needles)})")
+            self._focused_needle = None
+            return
         self._focused_needle = index
         self._follow_needle(index)
         self.set_crosshair(np.asarray(self._needles[index].target_lps, dtype=np.float64))
@@ -355,7 +363,9 @@ class ViewGrid(QWidget):
             view.request_render()
 
     def render_all(self) -> None:
-        """Render every visible view now."""
+        """Render every visible view now, with the 3D surfaces of the current label map
+        (waits for a surface build still running)."""
+        self.view3d.finish_surfaces()
         for view in self.views.values():
             view.render_now()
 

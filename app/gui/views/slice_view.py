@@ -58,8 +58,10 @@ if TYPE_CHECKING:
 HANDLE_PX = 7.0
 HIT_PX = 10.0
 CLICK_SLOP_PX = 4.0
-Z_OVERLAY = 0.3
-Z_ZONES = 0.5
+# The zone tint lies under the label outlines; both are translucent and write depth, so they
+# are also drawn in that order (see ``_stack_overlays``) whatever order they were given in.
+Z_ZONES = 0.3
+Z_OVERLAY = 0.5
 Z_GLYPH = 1.0
 CROSS_COLORS = ((0.35, 0.9, 0.35), (0.4, 0.6, 1.0), (1.0, 0.35, 0.35))
 CROSS_DEFAULT = (0.2, 0.75, 1.0)
@@ -296,6 +298,7 @@ class SliceView(RenderCanvas):
             self._labels = self._make_overlay(self._label_volume, Z_OVERLAY)
         if self._zones is None and self._zone_volume is not None:
             self._zones = self._make_overlay(self._zone_volume, Z_ZONES)
+        self._stack_overlays()
         self._update_matrices()
         self._refresh_glyphs()
         self.reset_camera()
@@ -370,6 +373,13 @@ class SliceView(RenderCanvas):
         o.image, o.buffer = image, buf
         o.actor.GetMapper().SetInputData(image)
 
+    def _stack_overlays(self) -> None:
+        """Draw order: zones first, then labels (a later-added actor renders later)."""
+        for o in (self._zones, self._labels):
+            if o is not None:
+                self.renderer.RemoveActor(o.actor)
+                self.renderer.AddActor(o.actor)
+
     def _drop_overlay(self, o: _Overlay | None) -> None:
         if o is not None:
             self.renderer.RemoveActor(o.actor)
@@ -381,6 +391,7 @@ class SliceView(RenderCanvas):
         self._label_volume = labels
         if labels is not None and self.volume is not None:
             self._labels = self._make_overlay(labels, Z_OVERLAY)
+        self._stack_overlays()
         self._update_matrices()
 
     def set_zone_map(self, zones: Volume | None) -> None:
@@ -390,6 +401,7 @@ class SliceView(RenderCanvas):
         self._zone_volume = zones
         if zones is not None and self.volume is not None:
             self._zones = self._make_overlay(zones, Z_ZONES)
+        self._stack_overlays()
         self._update_matrices()
 
     def set_label_visible(self, label: int, visible: bool) -> None:

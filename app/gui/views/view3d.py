@@ -4,15 +4,22 @@ Surfaces are extracted per label with ``vtkFlyingEdges3D`` on the label's boundi
 (in the label map's own voxel frame scaled by its spacing), smoothed lightly, decimated when
 large, and placed in LPS millimetres by a rigid user matrix (rotation + origin), so normals and
 lighting stay right on oblique studies.
+
+Extraction runs on a worker thread (the VTK filters and numpy release the GIL, so the GUI keeps
+its event loop); the finished surfaces are attached on the GUI thread. A newer label map
+supersedes a build still running: its result is dropped.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import QWidget
 from vtkmodules.vtkCommonDataModel import vtkPiecewiseFunction, vtkPolyData
@@ -149,8 +156,34 @@ def label_surface(labels: Volume, value: int, *, smooth: bool = True) -> vtkPoly
     return surf
 
 
+@dataclass
+class _SurfaceJob:
+    generation: int
+    labels: Volume
+    previous: Volume | None  # same-grid map the current surfaces were built from
+
+
+@dataclass
+class _SurfaceResult:
+    generation: int
+    full: bool  # replaces every surface (else only the labels in ``surfaces``)
+    surfaces: dict[int, vtkPolyData | None]
+    labels: Volume
+
+
+class _SurfaceRelay(QObject):
+    """Carries finished surface builds from the worker thread to the GUI thread."""
+
+    done = Signal(object)
+
+
 class View3D(RenderCanvas):
-    """Anatomy surfaces, needles and ablation zones in LPS mm, with a trackball camera."""
+    """Anatomy surfaces, needles and ablation zones in LPS mm, with a trackball camera.
+
+    ``surfaces_changed`` is emitted on the GUI thread when label surfaces were attached.
+    """
+
+    surfaces_changed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent, handler=None)
@@ -169,6 +202,13 @@ class View3D(RenderCanvas):
         self._ablation_actors: list[vtkActor] = []
         self._volume: Volume | None = None
         self._labels: Volume | None = None
+        self._shown_labels: Volume | None = None  # the map the shown surfaces come from
+        self._generation = 0
+        self._applied = 0
+        self._pending: Future | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._relay = _SurfaceRelay()
+        self._relay.done.connect(self._apply_surfaces, Qt.ConnectionType.QueuedConnection)
         self._volume_actor: vtkVolume | None = None
         self._volume_keep: np.ndarray | None = None
         self._render_pending = False
@@ -234,41 +274,99 @@ class View3D(RenderCanvas):
         self.reset_camera()
 
     def set_labels(self, labels: Volume | None) -> None:
-        """One surface actor per label present in ``labels``.
+        """One surface actor per label present in ``labels``, built off the GUI thread.
 
-        When the new map is a new array on the same grid as the previous one, only the labels
-        whose voxels changed are rebuilt (a brush stroke on the lesion re-extracts the lesion
-        only); an array edited in place is rebuilt whole.
+        Returns at once; the surfaces appear when built (:meth:`surfaces_pending` says whether
+        a build is running, :meth:`finish_surfaces` waits for it). The label array is copied,
+        so the caller may edit its own array afterwards. When the new map is on the same grid
+        as the previous one, only the labels whose voxels changed are rebuilt (a brush stroke
+        on the lesion re-extracts the lesion only).
         """
-        prev = self._labels
-        self._labels = labels
+        self._generation += 1
+        gen = self._generation
         if labels is None:
-            for actor in self._surfaces.values():
-                self.renderer.RemoveActor(actor)
-            self._surfaces.clear()
+            self._labels = None
+            self._shown_labels = None
+            self._pending = None
+            self._clear_surfaces()
             return
+        prev = self._shown_labels
+        snapshot = labels.with_array(np.array(labels.array, copy=True))
+        self._labels = snapshot
+        incremental = prev is not None and prev.same_grid(snapshot)
+        job = _SurfaceJob(gen, snapshot, prev if incremental else None)
+        self._pending = self._executor().submit(self._build_surfaces, job)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="surfaces")
+        return self._pool
+
+    def _build_surfaces(self, job: _SurfaceJob) -> _SurfaceResult | None:
+        """Worker thread: extract the surfaces a job needs (None once superseded)."""
         values = [int(v) for v in ov.LABEL_COLORS if v != Label.SI_JOINT]
-        if (
-            prev is not None
-            and not np.may_share_memory(prev.array, labels.array)
-            and prev.same_grid(labels)
-        ):
-            diff = prev.array != labels.array
-            changed = set(np.unique(prev.array[diff]).tolist())
-            changed |= set(np.unique(labels.array[diff]).tolist())
+        if job.previous is not None:
+            diff = job.previous.array != job.labels.array
+            changed = set(np.unique(job.previous.array[diff]).tolist())
+            changed |= set(np.unique(job.labels.array[diff]).tolist())
             values = [v for v in values if v in changed]
-        else:
-            for actor in self._surfaces.values():
-                self.renderer.RemoveActor(actor)
-            self._surfaces.clear()
-        matrix = rigid_matrix(labels)
+        surfaces: dict[int, vtkPolyData | None] = {}
         for value in values:
+            if job.generation != self._generation:
+                return None
+            surfaces[value] = label_surface(job.labels, value)
+        result = _SurfaceResult(job.generation, job.previous is None, surfaces, job.labels)
+        try:
+            self._relay.done.emit(result)
+        except RuntimeError:  # the view was deleted meanwhile
+            return None
+        return result
+
+    def _apply_surfaces(self, result: object) -> None:
+        """GUI thread: swap in the surfaces of the newest build."""
+        if not isinstance(result, _SurfaceResult) or self.closed:
+            return
+        if result.generation != self._generation or result.generation <= self._applied:
+            return
+        self._applied = result.generation
+        self._shown_labels = result.labels
+        self._pending = None
+        if result.full:
+            self._clear_surfaces()
+        matrix = rigid_matrix(result.labels)
+        for value, surf in result.surfaces.items():
             old = self._surfaces.pop(value, None)
             if old is not None:
                 self.renderer.RemoveActor(old)
-            surf = label_surface(labels, value)
             if surf is not None:
                 self._surfaces[value] = self._surface_actor(surf, value, matrix)
+        self.request_render()
+        self.surfaces_changed.emit()
+
+    def _clear_surfaces(self) -> None:
+        for actor in self._surfaces.values():
+            self.renderer.RemoveActor(actor)
+        self._surfaces.clear()
+
+    def surfaces_pending(self) -> bool:
+        """Whether a surface build for the current label map is still running."""
+        return self._pending is not None and self._applied < self._generation
+
+    def finish_surfaces(self, timeout_s: float = 30.0) -> bool:
+        """Wait (blocking) for the running surface build and attach it now.
+
+        For synchronous uses (a screenshot); interactive code should instead listen to
+        ``surfaces_changed``. Returns whether the surfaces are up to date.
+        """
+        future = self._pending
+        if future is None or not self.surfaces_pending():
+            return True
+        try:
+            result = future.result(timeout=timeout_s)
+        except FutureTimeout:
+            return False
+        self._apply_surfaces(result)
+        return not self.surfaces_pending()
 
     def _surface_actor(self, surf: vtkPolyData, value: int, matrix: vtkMatrix4x4) -> vtkActor:
         mapper = vtkPolyDataMapper()
@@ -451,7 +549,12 @@ class View3D(RenderCanvas):
             self.render_now()
 
     def shutdown(self) -> None:
-        """Release the render window."""
+        """Release the render window (a surface build still running is abandoned)."""
+        self._generation += 1
+        self._pending = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         self._render_pending = False
         self._marker.SetEnabled(0)
         self._marker.SetInteractor(None)

@@ -5,9 +5,12 @@ Run from the repository root::
     python -m bench.bench_load            # full size, 3 repeats
     python -m bench.bench_load --quick    # 512 x 512 x 60, 1 repeat
 
-A CT-like volume (the built-in phantom resampled to 512 x 512 x 300, int16 HU) is written twice
-into a temporary folder: uncompressed (Explicit VR Little Endian) and JPEG-LS lossless (a common
-PACS transfer syntax). Each series is read, side by side in this process, by
+    python -m bench.bench_load --all-syntaxes   # also JPEG 2000 lossless and RLE
+
+A CT-like volume (the built-in phantom resampled to 512 x 512 x 300, int16 HU) is written into a
+temporary folder uncompressed (Explicit VR Little Endian) and JPEG-LS lossless (a common PACS
+transfer syntax), and with ``--all-syntaxes`` also JPEG 2000 lossless and RLE lossless. Each
+series is read, side by side in this process, by
 
 - ours: ``imaging.read.load`` (scan the folder, order the slices along the normal, check the
   geometry, decode, rescale to HU);
@@ -61,26 +64,40 @@ def ct_volume(n_slices: int):
     return Volume.from_sitk(out, modality="CT")
 
 
-def write_both(volume: object, root: Path) -> dict[str, Path]:
-    """Write the volume uncompressed and as JPEG-LS lossless; return the two folders."""
+# Compressed variants: table name -> transfer syntax UID.
+COMPRESSED = {
+    "JPEG-LS": "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless
+    "JPEG 2000": "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless
+    "RLE": "1.2.840.10008.1.2.5",  # RLE lossless
+}
+DEFAULT_SYNTAXES = ("uncompressed", "JPEG-LS")
+
+
+def write_variants(volume: object, root: Path, syntaxes: tuple[str, ...]) -> dict[str, Path]:
+    """Write the volume uncompressed and in the compressed ``syntaxes``; return the folders."""
     import pydicom
-    from pydicom.uid import JPEGLSLossless, generate_uid
+    from pydicom.uid import generate_uid
 
     from imaging.dicom_write import write_series
 
     plain = root / "uncompressed"
     files = write_series(volume, plain, series_description="bench uncompressed")
-    jls = root / "jpegls"
-    jls.mkdir()
-    series_uid = generate_uid()
-    for f in files:
-        ds = pydicom.dcmread(f)
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.compress(JPEGLSLossless)
-        ds.save_as(jls / f.name, enforce_file_format=True)
-    return {"uncompressed": plain, "JPEG-LS": jls}
+    folders = {"uncompressed": plain} if "uncompressed" in syntaxes else {}
+    for name in syntaxes:
+        if name == "uncompressed":
+            continue
+        folder = root / name.replace(" ", "_")
+        folder.mkdir()
+        series_uid = generate_uid()
+        for f in files:
+            ds = pydicom.dcmread(f)
+            ds.SeriesInstanceUID = series_uid
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.compress(COMPRESSED[name])
+            ds.save_as(folder / f.name, enforce_file_format=True)
+        folders[name] = folder
+    return folders
 
 
 def read_ours(folder: Path) -> np.ndarray:
@@ -116,15 +133,15 @@ def peak_ratio(fn_name: str, folder: Path) -> float:
     return rise / (512 * 512 * 2 * len(list(folder.iterdir())))
 
 
-def collect(*, quick: bool = False) -> list[Row]:
-    """Measure loading; return the table rows."""
+def collect(*, quick: bool = False, syntaxes: tuple[str, ...] = DEFAULT_SYNTAXES) -> list[Row]:
+    """Measure loading of each of ``syntaxes`` ("uncompressed" or a key of COMPRESSED)."""
     n_slices = 60 if quick else 300
     repeats = 1 if quick else 3
     volume = ct_volume(n_slices)
     mb = volume.array.astype(np.int16).nbytes / 1e6
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="sacroplan-bench-") as tmp:
-        folders = write_both(volume, Path(tmp))
+        folders = write_variants(volume, Path(tmp), syntaxes)
         for syntax, folder in folders.items():
             what = f"512x512x{n_slices} {syntax}"
             ours, base = side_by_side(
@@ -163,9 +180,15 @@ def collect(*, quick: bool = False) -> list[Row]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="60 slices, one repeat")
+    parser.add_argument(
+        "--all-syntaxes",
+        action="store_true",
+        help=f"also {', '.join(n for n in COMPRESSED if n not in DEFAULT_SYNTAXES)}",
+    )
     args = parser.parse_args(argv)
+    syntaxes = ("uncompressed", *COMPRESSED) if args.all_syntaxes else DEFAULT_SYNTAXES
     print(f"machine: {machine_line()}")
-    print(format_table(collect(quick=args.quick)))
+    print(format_table(collect(quick=args.quick, syntaxes=syntaxes)))
     return 0
 
 

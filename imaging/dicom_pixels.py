@@ -1,9 +1,12 @@
 """Pixel data of a planned series into one voxel array, with rescale applied.
 
 Uncompressed little-/big-endian pixels are read straight from the file at the offset the
-scan recorded (no second header parse, no float64); everything else goes through
-pydicom's decoders (pylibjpeg, openjpeg, pyjpegls, RLE, deflate), with SimpleITK's GDCM
-as a last resort for non-conformant JPEG streams. GDCM runs in a child process
+scan recorded (no second header parse, no float64). Single-frame JPEG-LS, JPEG 2000, JPEG
+and RLE images are read the same way and handed to pydicom's decoder for their
+syntax with the fastest plugin installed (CharLS for JPEG-LS), so the values are exactly
+``ds.pixel_array``'s. Everything else, and any frame that path refuses, goes through
+``ds.pixel_array`` with every plugin (pylibjpeg, openjpeg, pyjpegls, RLE, deflate), with
+SimpleITK's GDCM as a last resort for non-conformant JPEG streams. GDCM runs in a child process
 (:mod:`imaging.dicom_gdcm`), so a crash or a hang on a damaged file costs only that file;
 a decoder's panic (a ``BaseException`` from a Rust extension) is a decoding error too.
 
@@ -23,6 +26,7 @@ from contextlib import contextmanager
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.pixels.decoders.base import Decoder, get_decoder
 from scipy import ndimage
 
 from imaging.dicom_gdcm import GdcmDecodeError, IsolatedGdcm
@@ -212,6 +216,10 @@ def _decode_file(path: str, records: list[ImageRecord]) -> dict[int, tuple[np.nd
     """Decode the frames ``records`` need from one file: ``frame -> (array, rescaled)``."""
     layout = records[0].layout
     needs_lut = any(r.modality_lut for r in records)
+    if not needs_lut and _direct_candidate(layout):
+        direct = _decode_direct(path, layout)
+        if direct is not None:
+            return {r.frame: (direct, False) for r in records}
     rescaled = needs_lut
     try:
         with warnings.catch_warnings():
@@ -238,6 +246,108 @@ def _decode_file(path: str, records: list[ImageRecord]) -> dict[int, tuple[np.nd
             f"{layout.n_frames} frame(s) of {expected[1]}x{expected[0]} - the file is damaged"
         )
     return {r.frame: (arr[r.frame], rescaled) for r in records}
+
+
+def _direct_candidate(layout: PixelLayout) -> bool:
+    """Whether one compressed frame can be decoded from its bytes on disk alone."""
+    return (
+        layout.encapsulated
+        and layout.container == "plain"
+        and layout.n_frames == 1
+        and layout.value_offset is not None
+        and layout.value_length is not None
+        and layout.transfer_syntax in _PREFERRED_PLUGIN
+    )
+
+
+def _decode_direct(path: str, layout: PixelLayout) -> np.ndarray | None:
+    """Decode a single-frame compressed image without parsing its header again.
+
+    The encapsulated Pixel Data value is read at the offset the scan recorded and handed
+    to pydicom's decoder for the transfer syntax with the scan's image description and
+    the fastest plugin installed for that syntax (CharLS for JPEG-LS rather than
+    libjpeg: about four times faster, the same lossless values). The decoder's own
+    corrections (JPEG-LS/JPEG 2000 sign, unused bits) run as for ``ds.pixel_array``.
+
+    Returns
+    -------
+    (J, I) ndarray or None
+        The stored values (before rescale), or None when the decoding is refused or
+        unexpected (a plugin refusing the stream, another shape): the caller then takes
+        the general path, with every plugin and GDCM, exactly as for any other file.
+
+    Raises
+    ------
+    StudyReadError
+        When the file cannot be read or ends before the Pixel Data the scan found (it
+        changed since the scan).
+    """
+    decoder, plugin = _direct_decoder(layout.transfer_syntax)
+    if decoder is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(int(layout.value_offset))
+            data = fh.read(int(layout.value_length))
+    except OSError as exc:
+        raise StudyReadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if len(data) != layout.value_length:
+        raise StudyReadError(
+            f"{path}: the file ended while reading its pixel data (truncated since the "
+            "scan?); scan the folder again"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            arr, _ = decoder.as_array(
+                data,
+                decoding_plugin=plugin,
+                rows=layout.rows,
+                columns=layout.columns,
+                samples_per_pixel=1,
+                number_of_frames=1,
+                bits_allocated=layout.bits_allocated,
+                bits_stored=layout.bits_stored,
+                pixel_representation=layout.pixel_representation,
+                photometric_interpretation=layout.photometric,
+            )
+    except BaseException as exc:  # any refusal: the general path decides
+        reraise_interrupts(exc)
+        return None
+    if arr.shape != (layout.rows, layout.columns):
+        return None
+    return arr
+
+
+# Transfer syntax -> decoding plugin to try first ("" = pydicom's own order).
+_PREFERRED_PLUGIN = {
+    "1.2.840.10008.1.2.4.80": "pyjpegls",  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": "pyjpegls",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": "",  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": "",  # JPEG 2000
+    "1.2.840.10008.1.2.4.50": "",  # JPEG baseline (8 bit)
+    "1.2.840.10008.1.2.4.51": "",  # JPEG extended (12 bit)
+    "1.2.840.10008.1.2.4.57": "",  # JPEG lossless, process 14
+    "1.2.840.10008.1.2.4.70": "",  # JPEG lossless, process 14 SV1
+    "1.2.840.10008.1.2.5": "",  # RLE lossless
+}
+_decoders: dict[str, tuple[Decoder | None, str]] = {}
+
+
+def _direct_decoder(syntax: str) -> tuple[Decoder | None, str]:
+    """pydicom's decoder for ``syntax`` and the plugin to ask (``(None, "")`` if none)."""
+    if syntax not in _decoders:
+        try:
+            decoder: Decoder | None = get_decoder(syntax)
+        except (NotImplementedError, ValueError):
+            decoder = None
+        if decoder is not None and not decoder.is_available:
+            decoder = None
+        plugin = _PREFERRED_PLUGIN.get(syntax, "")
+        if decoder is None or plugin not in decoder.available_plugins:
+            plugin = ""
+        _decoders[syntax] = (decoder, plugin)
+    return _decoders[syntax]
 
 
 def _dataset_with_pixels(path: str, layout: PixelLayout) -> Dataset:

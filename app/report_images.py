@@ -1,13 +1,15 @@
 """Pictures for the plan report, drawn without a screen.
 
-* Axial and sagittal slices through the needle tip (matplotlib, Agg): the study resampled on
-  the LPS plane at 0.5 mm, CT bone window, anatomy and lesion outlines, the needle drawn as
-  a band of its real outer diameter (solid within 3 mm of the plane), orientation letters
-  and a 10 mm scale bar.
+* Axial and sagittal slices through the (first) needle's tip (matplotlib, Agg): the study
+  resampled on the LPS plane at 0.5 mm, CT bone window, anatomy and lesion outlines, every
+  chosen needle drawn as a band of its real outer diameter (solid within 3 mm of the plane)
+  and numbered at its tip, orientation letters and a 10 mm scale bar.
 * A 3D view and the bull's-eye view (offscreen VTK): surfaces of the sacrum, ilia,
-  foramina, canal and lesion with the needle as a cylinder of its real diameter; the
-  bull's-eye camera looks down the needle from the skin, as the C-arm sees it.
-* The clearance of the needle surface along its depth (matplotlib).
+  foramina, canal and lesion with every needle as a cylinder of its real diameter; the
+  bull's-eye camera looks down needle 1 from the skin, as the C-arm sees it.
+* The clearance of each needle's surface along its depth (matplotlib).
+
+Needle colours: :data:`NEEDLE_COLOURS` in order (needle 1 green, needle 2 orange, ...).
 
 Offscreen VTK: with no X display (no ``DISPLAY``), the EGL render window is chosen before VTK
 is imported, so the report renders on a headless machine (Mesa's EGL software path is
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,7 +46,33 @@ LABEL_NAMES = {
     Label.CANAL: "canal",
     Label.LESION: "lesion",
 }
-NEEDLE_COLOUR = (0.15, 1.0, 0.3)
+NEEDLE_COLOURS: tuple[tuple[float, float, float], ...] = (
+    (0.15, 1.0, 0.3),
+    (1.0, 0.6, 0.0),
+    (0.35, 0.55, 1.0),
+    (1.0, 1.0, 1.0),
+)
+NEEDLE_COLOUR = NEEDLE_COLOURS[0]
+
+
+def needle_colour(index: int) -> tuple[float, float, float]:
+    """RGB (0..1) of needle ``index`` (0 = needle 1) in every picture."""
+    return NEEDLE_COLOURS[index % len(NEEDLE_COLOURS)]
+
+
+def _as_list(
+    trajectories: Trajectory | Sequence[Trajectory] | None, od_mm: float | Sequence[float]
+) -> list[tuple[Trajectory, float]]:
+    """Needles as ``(trajectory, outer diameter mm)`` pairs."""
+    if trajectories is None:
+        return []
+    items = [trajectories] if isinstance(trajectories, Trajectory) else list(trajectories)
+    ods = [float(od_mm)] * len(items) if isinstance(od_mm, int | float) else list(od_mm)
+    if len(ods) != len(items):
+        raise ValueError("one outer diameter per needle is needed")
+    return list(zip(items, ods, strict=True))
+
+
 SLICE_STEP_MM = 0.5
 IN_PLANE_MM = 3.0
 
@@ -85,25 +114,26 @@ def _window(image: Volume) -> tuple[float, float]:
 
 def slice_png(
     study: PlanStudy,
-    trajectory: Trajectory | None,
+    trajectory: Trajectory | Sequence[Trajectory] | None,
     *,
     plane: str,
-    needle_od_mm: float = 2.4,
+    needle_od_mm: float | Sequence[float] = 2.4,
     centre_lps: np.ndarray | None = None,
     size_px: int = 700,
 ) -> bytes:
-    """One slice through the needle tip (or ``centre_lps``) as a PNG.
+    """One slice through the first needle's tip (or ``centre_lps``) as a PNG.
 
     Parameters
     ----------
     study : PlanStudy
-    trajectory : Trajectory or None
-        The needle to draw.
+    trajectory : Trajectory, sequence of Trajectory, or None
+        The needle(s) to draw, numbered 1, 2... at their tips when there are several.
     plane : {"axial", "sagittal"}
-    needle_od_mm : float
-        Outer diameter of the needle band, mm.
+    needle_od_mm : float or sequence of float
+        Outer diameter of the needle band(s), mm (one for all, or one per needle).
     centre_lps : (3,) float, mm, LPS, optional
-        Point the slice passes through (default: the needle tip, else the lesion centre).
+        Point the slice passes through (default: the first needle's tip, else the lesion
+        centre).
     size_px : int
         Width and height of the picture.
     """
@@ -114,9 +144,10 @@ def slice_png(
 
     right, down, letters = _plane_axes(plane)
     normal = np.cross(right, down)
+    needles = _as_list(trajectory, needle_od_mm)
     pts: list[np.ndarray] = []
-    if trajectory is not None:
-        pts += [np.asarray(trajectory.entry_lps), np.asarray(trajectory.target_lps)]
+    for t, _od in needles:
+        pts += [np.asarray(t.entry_lps), np.asarray(t.target_lps)]
     if centre_lps is None:
         centre_lps = (
             pts[1]
@@ -144,8 +175,18 @@ def slice_png(
         m = labels == code
         if m.any():
             ax.contour(uu, vv, m.astype(float), levels=[0.5], colors=[colour], linewidths=1.2)
-    if trajectory is not None:
-        _draw_needle(ax, pts[0] - centre, pts[1] - centre, right, down, normal, needle_od_mm)
+    for n, (t, od) in enumerate(needles):
+        entry, tip = np.asarray(t.entry_lps) - centre, np.asarray(t.target_lps) - centre
+        _draw_needle(ax, entry, tip, right, down, normal, od, colour=needle_colour(n))
+        if len(needles) > 1:
+            ax.text(
+                float(tip @ right) + 2.5,
+                float(tip @ down) - 2.5,
+                str(n + 1),
+                color=needle_colour(n),
+                fontsize=13,
+                fontweight="bold",
+            )
     kw: dict[str, Any] = {"color": "white", "fontsize": 16, "fontweight": "bold"}
     ax.text(-half + 3, 0, letters[0], va="center", ha="left", **kw)
     ax.text(half - 3, 0, letters[1], va="center", ha="right", **kw)
@@ -177,6 +218,8 @@ def _draw_needle(
     down: np.ndarray,
     normal: np.ndarray,
     od_mm: float,
+    *,
+    colour: tuple[float, float, float] = NEEDLE_COLOUR,
 ) -> None:
     """The needle's projection as a band of its real width; solid where near the plane."""
     n = 200
@@ -187,7 +230,7 @@ def _draw_needle(
     length = float(np.linalg.norm(axis))
     if length < 1e-6:  # the needle runs along the plane normal: a dot of its diameter
         ax.add_patch(
-            __import__("matplotlib").patches.Circle((u[-1], v[-1]), od_mm / 2, color=NEEDLE_COLOUR)
+            __import__("matplotlib").patches.Circle((u[-1], v[-1]), od_mm / 2, color=colour)
         )
         return
     side = np.array([-axis[1], axis[0]]) / length * od_mm / 2
@@ -208,7 +251,7 @@ def _draw_needle(
                     [u[a] - side[0], v[a] - side[1]],
                 ]
             )
-            ax.fill(quad[:, 0], quad[:, 1], color=NEEDLE_COLOUR, alpha=alpha, linewidth=0)
+            ax.fill(quad[:, 0], quad[:, 1], color=colour, alpha=alpha, linewidth=0)
     ax.plot([u[-1]], [v[-1]], marker="o", markersize=4, color="yellow")
 
 
@@ -222,40 +265,71 @@ def _png(fig: Any) -> bytes:
 
 
 # -- clearance plot --------------------------------------------------------------------------
-def clearance_plot_png(profile: ClearanceProfile, *, margin_mm: float, title: str = "") -> bytes:
-    """Clearance of the needle surface to the foramina and the canal along the depth."""
+def clearance_plot_png(
+    profile: ClearanceProfile | Sequence[tuple[str, ClearanceProfile]],
+    *,
+    margin_mm: float,
+    title: str = "",
+) -> bytes:
+    """Clearance of the needle surface to the foramina and the canal along the depth.
+
+    Parameters
+    ----------
+    profile : ClearanceProfile or sequence of (str, ClearanceProfile)
+        One needle, or several named ones (each drawn in its needle colour: foramen solid,
+        canal dashed; depth from each needle's own skin entry).
+    margin_mm : float
+        The foramen and canal margin drawn as a red line, mm.
+    title : str
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    named = [("", profile)] if isinstance(profile, ClearanceProfile) else list(profile)
+    several = len(named) > 1
     fig, ax = plt.subplots(figsize=(7.0, 3.2), dpi=100)
-    d = profile.depth_mm
-    if profile.in_bone.any():
+    first = named[0][1]
+    if first.in_bone.any():
         ax.fill_between(
-            d,
+            first.depth_mm,
             0,
             1,
-            where=profile.in_bone,
+            where=first.in_bone,
             transform=ax.get_xaxis_transform(),
             color="0.85",
-            label="in bone (sacrum)",
+            label=f"in bone ({named[0][0]})" if several else "in bone (sacrum)",
         )
-    if profile.foramina_mm is not None:
-        ax.plot(d, profile.foramina_mm, color="tab:blue", label="nearest foramen")
-    if profile.canal_mm is not None:
-        ax.plot(d, profile.canal_mm, color="tab:purple", label="spinal canal")
+    top: list[np.ndarray] = []
+    for n, (name, prof) in enumerate(named):
+        d = prof.depth_mm
+        who = f"{name}: " if several else ""
+        foramen_colour = needle_colour(n) if several else "tab:blue"
+        canal_colour = needle_colour(n) if several else "tab:purple"
+        if prof.foramina_mm is not None:
+            ax.plot(d, prof.foramina_mm, color=foramen_colour, label=f"{who}nearest foramen")
+            top.append(prof.foramina_mm)
+        if prof.canal_mm is not None:
+            ax.plot(
+                d,
+                prof.canal_mm,
+                color=canal_colour,
+                linestyle="--" if several else "-",
+                label=f"{who}spinal canal",
+            )
+            top.append(prof.canal_mm)
     ax.axhline(margin_mm, color="tab:red", linestyle="--", linewidth=1, label="margin")
     ax.axhline(0.0, color="black", linewidth=0.8)
-    top = [v for v in (profile.foramina_mm, profile.canal_mm) if v is not None]
     ymax = float(min(max((np.max(v) for v in top), default=30.0), 40.0)) + 2.0
     ax.set_ylim(min(-2.0, *(float(np.min(v)) - 1 for v in top)), max(ymax, margin_mm + 5))
-    ax.set_xlim(0, float(d[-1]) if d.size else 1.0)
+    longest = max((float(p.depth_mm[-1]) for _, p in named if p.depth_mm.size), default=1.0)
+    ax.set_xlim(0, longest)
     ax.set_xlabel("depth from the skin entry along the needle (mm)")
     ax.set_ylabel("clearance of needle surface (mm)")
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper left", fontsize=8, ncol=2)
+    ax.legend(loc="upper left", fontsize=7 if several else 8, ncol=3 if several else 2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
@@ -303,7 +377,12 @@ def _surface(mask: np.ndarray, volume: Volume) -> Any:
     return tf.GetOutput()
 
 
-def _needle_actor(entry: np.ndarray, tip: np.ndarray, od_mm: float) -> Any:
+def _needle_actor(
+    entry: np.ndarray,
+    tip: np.ndarray,
+    od_mm: float,
+    colour: tuple[float, float, float] = NEEDLE_COLOUR,
+) -> Any:
     from vtkmodules.vtkFiltersCore import vtkTubeFilter
     from vtkmodules.vtkFiltersSources import vtkLineSource
     from vtkmodules.vtkRenderingCore import vtkActor, vtkPolyDataMapper
@@ -320,18 +399,21 @@ def _needle_actor(entry: np.ndarray, tip: np.ndarray, od_mm: float) -> Any:
     mapper.SetInputConnection(tube.GetOutputPort())
     actor = vtkActor()
     actor.SetMapper(mapper)
-    actor.GetProperty().SetColor(*NEEDLE_COLOUR)
+    actor.GetProperty().SetColor(*colour)
     return actor
 
 
 def scene_pngs(
     study: PlanStudy,
-    trajectory: Trajectory | None,
+    trajectory: Trajectory | Sequence[Trajectory] | None,
     *,
-    needle_od_mm: float = 2.4,
+    needle_od_mm: float | Sequence[float] = 2.4,
     size_px: int = 700,
 ) -> dict[str, bytes]:
     """The 3D view and, with a needle, the bull's-eye view, as PNGs (offscreen VTK).
+
+    Every needle is drawn (in :func:`needle_colour`); the bull's-eye view looks down the
+    first one.
 
     Returns
     -------
@@ -370,12 +452,21 @@ def scene_pngs(
         actor.GetProperty().SetColor(*LABEL_COLOURS[code])
         actor.GetProperty().SetOpacity(opacity)
         actors.append(actor)
-    if trajectory is not None:
-        entry = np.asarray(trajectory.entry_lps, dtype=float)
-        tip = np.asarray(trajectory.target_lps, dtype=float)
-        actors.append(_needle_actor(entry, tip, needle_od_mm))
+    needles = _as_list(trajectory, needle_od_mm)
+    for n, (t, od) in enumerate(needles):
+        actors.append(
+            _needle_actor(
+                np.asarray(t.entry_lps, dtype=float),
+                np.asarray(t.target_lps, dtype=float),
+                od,
+                needle_colour(n),
+            )
+        )
+    if needles:
+        entry = np.asarray(needles[0][0].entry_lps, dtype=float)
+        tip = np.asarray(needles[0][0].target_lps, dtype=float)
     out: dict[str, bytes] = {}
-    views = ["view3d"] + (["bullseye"] if trajectory is not None else [])
+    views = ["view3d"] + (["bullseye"] if needles else [])
     for view in views:
         window = vtkRenderWindow()
         window.SetOffScreenRendering(1)
@@ -388,7 +479,7 @@ def scene_pngs(
         camera = renderer.GetActiveCamera()
         if view == "view3d":
             # from behind (prone patient seen by the operator) and a little from the left
-            focus = tip if trajectory is not None else _scene_centre(study)
+            focus = tip if needles else _scene_centre(study)
             camera.SetFocalPoint(*focus)
             camera.SetPosition(*(focus + np.array([250.0, 420.0, 120.0])))
             camera.SetViewUp(0.0, 0.0, 1.0)
@@ -427,33 +518,37 @@ def _scene_centre(study: PlanStudy) -> np.ndarray:
 
 # -- all of them -------------------------------------------------------------------------------
 def render_report_images(plan: Plan, study: PlanStudy, *, size_px: int = 700) -> dict[str, bytes]:
-    """Every picture of the report as PNG bytes.
+    """Every picture of the report as PNG bytes, with every chosen needle drawn.
 
-    Keys: ``"axial"``, ``"sagittal"``, ``"view3d"``, ``"bullseye"`` (with a trajectory) and
-    ``"clearance"`` (with a trajectory and the anatomy).
+    Keys: ``"axial"``, ``"sagittal"``, ``"view3d"``, ``"bullseye"`` (with a trajectory: down
+    the first needle) and ``"clearance"`` (with a trajectory and the anatomy: one curve pair
+    per needle).
     """
     from planning.export import clearance_profile
 
-    trajectory = plan.trajectories[0] if plan.trajectories else None
-    od = _needle_od(plan, trajectory)
+    chosen = list(plan.trajectories)
+    ods = [_needle_od(plan, t) for t in chosen]
     out = {
-        "axial": slice_png(study, trajectory, plane="axial", needle_od_mm=od, size_px=size_px),
-        "sagittal": slice_png(
-            study, trajectory, plane="sagittal", needle_od_mm=od, size_px=size_px
-        ),
+        "axial": slice_png(study, chosen, plane="axial", needle_od_mm=ods, size_px=size_px),
+        "sagittal": slice_png(study, chosen, plane="sagittal", needle_od_mm=ods, size_px=size_px),
     }
-    out.update(scene_pngs(study, trajectory, needle_od_mm=od, size_px=size_px))
-    if trajectory is not None:
-        profile = clearance_profile(
-            study, trajectory.entry_lps, trajectory.target_lps, needle_od_mm=od
-        )
+    out.update(scene_pngs(study, chosen, needle_od_mm=ods, size_px=size_px))
+    profiles = []
+    for n, (t, od) in enumerate(zip(chosen, ods, strict=True)):
+        profile = clearance_profile(study, t.entry_lps, t.target_lps, needle_od_mm=od)
         if profile is not None:
-            out["clearance"] = clearance_plot_png(
-                profile,
-                margin_mm=plan.margins.foramen_mm,
-                title=f"{_approach_label(trajectory.approach)}: clearance of the needle "
-                "surface (beyond 40 mm: at least the value shown)",
-            )
+            profiles.append((f"needle {n + 1}", profile))
+    if profiles:
+        what = (
+            f"{_approach_label(chosen[0].approach)}: clearance of the needle surface"
+            if len(chosen) == 1
+            else f"{len(chosen)} needles: clearance of each needle's surface"
+        )
+        out["clearance"] = clearance_plot_png(
+            profiles if len(profiles) > 1 else profiles[0][1],
+            margin_mm=plan.margins.foramen_mm,
+            title=f"{what} (beyond 40 mm: at least the value shown)",
+        )
     return out
 
 

@@ -1,10 +1,12 @@
 """Exports of a plan for other tools: 3D Slicer markups, label maps, and the plan's study.
 
-* :func:`write_markups` writes each chosen trajectory as a 3D Slicer markups **line** file
-  (``.mrk.json``, schema ``markups-schema-v1.0.3``): two control points, the skin entry and
-  the needle tip, in LPS millimetres with ``positionStatus`` ``"defined"`` so that Slicer
-  shows them in its slice views as well as in 3D. :func:`read_markups` reads such files
-  back (LPS or RAS).
+* :func:`write_markups` writes the chosen needles as one 3D Slicer markups file
+  (``.mrk.json``, schema ``markups-schema-v1.0.3``) holding one **line** per needle
+  (``"needle 1 ..."``, ``"needle 2 ..."``; Slicer makes a node of each): two control points,
+  the skin entry and the needle tip, in LPS millimetres with ``positionStatus``
+  ``"defined"`` so that Slicer shows them in its slice views as well as in 3D. A
+  multi-needle plan's lines say each needle's cement share. :func:`read_markups` reads such
+  files back (LPS or RAS).
 * :func:`open_plan_study` re-opens the study a plan was made on (or rebuilds the built-in
   sample), checks that it is the same grid, finds the anatomy again and restores the
   lesion mask recorded in the plan (or regrows it from the recorded seed): the report and
@@ -168,8 +170,12 @@ def markups_line_json(
     }
 
 
-def plan_markups(plan: Plan) -> list[dict[str, Any]]:
-    """One markups document per chosen trajectory of ``plan``, in order.
+def plan_markups(plan: Plan) -> dict[str, Any]:
+    """One markups document holding a line per chosen needle of ``plan``, in order.
+
+    The chosen needles are the plan's trajectories (both needles of a two-needle plan, see
+    :func:`planning.multi_needle.with_multi_needle`); a line is named ``"needle N"`` followed
+    by the approach and side.
 
     Raises
     ------
@@ -182,65 +188,49 @@ def plan_markups(plan: Plan) -> list[dict[str, Any]]:
             "was chosen): choose or place a needle first"
         )
     sides = _sides_of(plan)
-    docs = []
+    shares = _cement_shares(plan)
+    lines: list[dict[str, Any]] = []
     for n, t in enumerate(plan.trajectories):
         needle = _needle_label(t.needle)
         length = float(np.linalg.norm(np.subtract(t.target_lps, t.entry_lps)))
         description = (
             f"{t.approach or 'manual'}, {needle}, {length:.1f} mm skin to tip ({t.source})"
         )
-        docs.append(
-            markups_line_json(
-                t.entry_lps,
-                t.target_lps,
-                name=trajectory_name(n, t.approach, sides.get((t.entry_lps, t.target_lps))),
-                description=description,
-                color=_COLOURS.get(t.source, _COLOURS["manual"]),
-            )
+        share = shares.get((t.entry_lps, t.target_lps))
+        if share is not None:
+            description += f", {share:.2f} mL of cement"
+        doc = markups_line_json(
+            t.entry_lps,
+            t.target_lps,
+            name=trajectory_name(n, t.approach, sides.get((t.entry_lps, t.target_lps))),
+            description=description,
+            color=_COLOURS.get(t.source, _COLOURS["manual"]),
         )
-    return docs
-
-
-def markups_paths(out_path: str | os.PathLike[str], n: int) -> list[Path]:
-    """Where :func:`write_markups` puts ``n`` files: ``out.mrk.json``, ``out_2.mrk.json``..."""
-    out = Path(out_path)
-    name = out.name
-    stem, suffix = (
-        (name[: -len(".mrk.json")], ".mrk.json")
-        if name.endswith(".mrk.json")
-        else (
-            out.stem,
-            out.suffix or ".mrk.json",
-        )
-    )
-    return [out] + [out.with_name(f"{stem}_{i + 1}{suffix}") for i in range(1, n)]
+        lines.extend(doc["markups"])
+    return {"@schema": MARKUPS_SCHEMA_URL, "markups": lines}
 
 
 def write_markups(plan: Plan, out_path: str | os.PathLike[str]) -> list[Path]:
-    """Write the plan's chosen trajectories as Slicer markups line files.
-
-    The first trajectory goes to ``out_path``; further ones to ``<name>_2.mrk.json``,
-    ``<name>_3.mrk.json``... beside it (Slicer loads one line per file).
+    """Write the plan's chosen needles as one Slicer markups file, a line per needle.
 
     Returns
     -------
     list of Path
-        The files written.
+        The file written (one).
 
     Raises
     ------
     ExportError
         No chosen trajectory, or the folder does not exist or cannot be written.
     """
-    docs = plan_markups(plan)
-    paths = markups_paths(out_path, len(docs))
-    _check_folder(paths[0], "--markups")
-    for doc, path in zip(docs, paths, strict=True):
-        try:
-            atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
-        except OSError as exc:
-            raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return paths
+    doc = plan_markups(plan)
+    path = Path(out_path)
+    _check_folder(path, "--markups")
+    try:
+        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return [path]
 
 
 def read_markups(path: str | os.PathLike[str]) -> list[MarkupsLine]:
@@ -275,7 +265,21 @@ def read_markups(path: str | os.PathLike[str]) -> list[MarkupsLine]:
 
 
 def _sides_of(plan: Plan) -> dict[tuple[Any, Any], str | None]:
-    return {(c.skin_entry_lps, c.target_lps): c.side for c in plan.candidates}
+    out = {(c.skin_entry_lps, c.target_lps): c.side for c in plan.candidates}
+    if plan.multi_needle is not None:
+        for n in plan.multi_needle.needles:
+            out[(n.candidate.skin_entry_lps, n.candidate.target_lps)] = n.candidate.side
+    return out
+
+
+def _cement_shares(plan: Plan) -> dict[tuple[Any, Any], float]:
+    """Cement per needle (mL) of a multi-needle plan, by (entry, tip)."""
+    if plan.multi_needle is None or len(plan.multi_needle.needles) < 2:
+        return {}
+    return {
+        (n.candidate.skin_entry_lps, n.candidate.target_lps): n.cement_ml
+        for n in plan.multi_needle.needles
+    }
 
 
 def _needle_label(needle_id: str) -> str:

@@ -30,6 +30,11 @@ axis), ranked by relative coverage plus filling degree, then by the smaller of t
 clearances; the pair is kept when it gains ``min_gain`` in either measure without placing the
 cement worse than the threshold (or than the single needle).
 
+The number of needles can also be asked for (``needles=1`` or ``2`` in
+:func:`plan_multi_needle`); :func:`with_multi_needle` puts the decision into a
+:class:`~planning.plan.Plan` (its optional ``multi_needle`` block; two needles become the
+plan's chosen trajectories).
+
 Every needle comes from the planner's own search (:mod:`planning.planner`): the same approach
 cones, entry rules, hard margins and reach; the chosen ones are re-scored exactly with
 :func:`planning.planner.score_trajectory`. Needles stay ``min_tip_gap_mm`` apart at the tips
@@ -54,7 +59,7 @@ from imaging.volume import Volume
 from planning.approaches import approach_registry
 from planning.case import Case
 from planning.needles import Needle, read_resource_json, require_number
-from planning.plan import Candidate, Plan
+from planning.plan import Candidate, Plan, Trajectory, clearance_text
 from planning.planner import (
     TARGET_DEPTH_MM,
     TARGET_SPACING_MM,
@@ -741,6 +746,7 @@ def plan_multi_needle(
     options: PlanOptions = PlanOptions(),  # noqa: B008 (frozen)
     multi: MultiNeedleOptions = MultiNeedleOptions(),  # noqa: B008 (frozen)
     fields: FieldStack | None = None,
+    needles: int | None = None,
 ) -> MultiNeedlePlan:
     """Decide between one and two needles for the case's lesion and choose them.
 
@@ -757,6 +763,10 @@ def plan_multi_needle(
     multi : MultiNeedleOptions
     fields : FieldStack, optional
         From :func:`planning.planner.build_fields` (built when not given).
+    needles : {None, 1, 2}
+        ``None`` decides (see the module notes); 1 keeps one needle; 2 plans the best two
+        needles that meet every margin however little they gain (one needle, with the
+        reason, when no two do).
 
     Returns
     -------
@@ -766,7 +776,13 @@ def plan_multi_needle(
     ------
     PlanningError
         No anatomy or lesion, or no needle meets every margin.
+    PlanningParameterError
+        ``needles`` is not None, 1 or 2.
     """
+    if needles is not None and (isinstance(needles, bool) or needles not in (1, 2)):
+        raise PlanningParameterError(
+            f"the number of needles must be 1, 2 or automatic, got {needles!r}"
+        )
     if case.anatomy is None or case.masks is None or case.lesion is None or case.metrics is None:
         raise PlanningError("plan after the anatomy and the lesion: run both first")
     if plan is not None:
@@ -778,9 +794,9 @@ def plan_multi_needle(
         else _cement(case, stack, options).suggested_ml
     )
     region = spread_region_of(case, margin_mm=multi.region_margin_mm)
-    pool, needles = _pool(case, stack, options, multi)
+    pool, choices = _pool(case, stack, options, multi)
     probe = _BoneProbe.of(case)
-    scoring = (stack, options, needles, probe)
+    scoring = (stack, options, choices, probe)
     lesion_ml = region.lesion_ml
     attainable = min(1.0, total_ml / lesion_ml)
     lesion_feret = feret_diameter_mm(region.points_lps[region.in_lesion])
@@ -819,8 +835,10 @@ def plan_multi_needle(
             single_result, reasons=(f"{head}; {why}", _needle_words(single_cand))
         )
 
+    if needles == 1:
+        return single("one needle was asked for")
     enough = cov_single / attainable >= multi.min_relative_coverage
-    if enough and fill_single >= cohort_filling:
+    if needles is None and enough and fill_single >= cohort_filling:
         return single("a second needle is not needed")
     halves = _Clouds.of(region, pool, total_ml / 2.0, multi.elongation, lesion_feret)
     pair = _best_pair(case, pool, halves, attainable, multi, scoring)
@@ -833,7 +851,7 @@ def plan_multi_needle(
     gain_cov = (cov2 - cov_single) / attainable
     gain_fill = fill2 - fill_single
     placed_well = cov2 / attainable >= min(multi.min_relative_coverage, cov_single / attainable)
-    if max(gain_cov, gain_fill) < multi.min_gain or not placed_well:
+    if needles is None and (max(gain_cov, gain_fill) < multi.min_gain or not placed_well):
         why = "too little gain" if placed_well else "more of the cement outside the lesion"
         return single(
             f"the best two needles would reach {100 * cov2:.0f} % and spread over "
@@ -851,9 +869,9 @@ def plan_multi_needle(
         f"{head}; two {kind} needles {how} with {total_ml / 2:.1f} mL each reach "
         f"{100 * cov2:.0f} % ({100 * cov2 / attainable:.0f} % of what the cement can fill) and "
         f"spread over {100 * fill2:.0f} % of its largest diameter",
-        f"the tips are {tip_gap:.0f} mm apart and the needles at least {path_gap:.1f} mm apart "
-        f"along their whole length (limits {multi.min_tip_gap_mm:.0f} and "
-        f"{multi.min_path_gap_mm:.0f} mm)",
+        f"the tips are {tip_gap:.0f} mm apart and the needles at least "
+        f"{round(path_gap, 2):.1f} mm apart along their whole length (limits "
+        f"{multi.min_tip_gap_mm:.0f} and {multi.min_path_gap_mm:.0f} mm)",
     ]
     reasons.extend(_needle_words(c, f"needle {n}") for n, c in enumerate((ci, cj), start=1))
     reach = halves.counts * region.voxel_ml
@@ -1018,14 +1036,45 @@ def _order_key(c: Candidate) -> tuple[int, str]:
 
 
 def _needle_words(c: Candidate, label: str = "needle") -> str:
-    f = c.clearance_mm.foramina
-    canal = c.clearance_mm.canal
+    od = c.needle_od_mm
     parts = [
         f"{label}: {approach_registry()[c.approach].label} ({c.side}), {c.needle}",
-        f"{'-' if f is None else f'{f:.1f}'} mm from the nearest foramen",
-        f"{'-' if canal is None else f'{canal:.1f}'} mm from the canal",
+        f"{clearance_text(c.clearance_mm.foramina, od)} from the nearest foramen",
+        f"{clearance_text(c.clearance_mm.canal, od)} from the canal",
     ]
     if c.tip_to_anterior_cortex_mm is not None:
         parts.append(f"{c.tip_to_anterior_cortex_mm:.1f} mm of bone ahead of the tip")
     parts.append(f"{c.skin_to_target_mm:.0f} mm skin to tip")
     return ", ".join(parts)
+
+
+def with_multi_needle(plan: Plan, multi: MultiNeedlePlan) -> Plan:
+    """``plan`` holding the multi-needle decision ``multi``.
+
+    With two needles they become the plan's chosen trajectories (``source`` "suggested",
+    needle 1 first), so everything drawing or exporting the chosen needles shows both; with
+    one, the chosen trajectories stay as they are.
+
+    Parameters
+    ----------
+    plan : Plan
+        The single-needle plan ``multi`` was made from.
+    multi : MultiNeedlePlan
+
+    Returns
+    -------
+    Plan
+    """
+    if len(multi.needles) < 2:
+        return dataclasses.replace(plan, multi_needle=multi)
+    chosen = tuple(
+        Trajectory(
+            entry_lps=n.candidate.skin_entry_lps,
+            target_lps=n.candidate.target_lps,
+            needle=n.candidate.needle,
+            approach=n.candidate.approach,
+            source="suggested",
+        )
+        for n in multi.needles
+    )
+    return dataclasses.replace(plan, multi_needle=multi, trajectories=chosen)

@@ -40,6 +40,16 @@ JSON schema ``sacroplan.plan/1`` (top-level keys, in order)::
     cement            null or CementSuggestion.to_json()
     rfa               null or RfaPlan.to_json()
     view_state        free-form JSON object for the workstation
+    multi_needle      optional: absent (files without it still load) or
+                      :meth:`planning.multi_needle.MultiNeedlePlan.to_json` (schema
+                      ``sacroplan.multi_needle/1``: how many needles the lesion needs, each
+                      needle with its candidate, cement share and reach, the coverage and the
+                      reasons); written only when the plan has one
+
+Versioning: the number in ``schema`` changes only when a reader of the older version could
+misread a file. A new optional block (``multi_needle``, ``case.modality``, ``case.grid``)
+is a minor change: it keeps the number, older files without it load unchanged, and the
+block is written only when it holds something.
 
 Points are ``[x, y, z]`` in LPS millimetres. Non-finite numbers are never written or read.
 
@@ -62,7 +72,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
@@ -73,6 +83,9 @@ from planning.cement import CementSuggestion
 from planning.margins import Margins
 from planning.needles import default_needle
 from planning.rfa import RfaPlan
+
+if TYPE_CHECKING:
+    from planning.multi_needle import MultiNeedlePlan
 
 SCHEMA = "sacroplan.plan/1"
 SCHEMA_VERSION = 1
@@ -697,6 +710,8 @@ PLAN_KEYS: tuple[str, ...] = (
     "rfa",
     "view_state",
 )
+#: Top-level blocks a plan file may lack (written only when the plan holds them).
+PLAN_OPTIONAL_KEYS: tuple[str, ...] = ("multi_needle",)
 
 
 @dataclass(frozen=True)
@@ -723,9 +738,11 @@ class Plan:
     cement: CementSuggestion | None = None
     rfa: RfaPlan | None = None
     view_state: dict[str, Any] = field(default_factory=dict)
+    multi_needle: MultiNeedlePlan | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The plan as a JSON-ready dict with exactly :data:`PLAN_KEYS`.
+        """The plan as a JSON-ready dict with :data:`PLAN_KEYS` (and ``multi_needle`` when
+        the plan has one).
 
         Raises
         ------
@@ -753,6 +770,8 @@ class Plan:
                 "rfa": None if self.rfa is None else self.rfa.to_json(),
                 "view_state": _plain(self.view_state, "view_state"),
             }
+            if self.multi_needle is not None:
+                out["multi_needle"] = self.multi_needle.to_json()
             # Every number of the typed parts must be finite too.
             _plain(out, "")
         except _FieldError as exc:
@@ -822,8 +841,23 @@ def _best_entry(
     raise _FieldError(path, 'must be {"candidate": index} or {"blocked_by": [reasons]}')
 
 
+def _multi_needle(value: object) -> MultiNeedlePlan | None:
+    """The optional ``multi_needle`` block (absent or null: none)."""
+    if value is None:
+        return None
+    from planning.multi_needle import MultiNeedlePlan  # it builds on this module
+
+    try:
+        return MultiNeedlePlan.from_json(value)
+    except PlanFileError as exc:
+        raise _FieldError("multi_needle", f"is not valid: {exc}") from exc
+
+
 def _plan_from_json(data: object) -> Plan:
-    d = _obj(data, "", PLAN_KEYS)
+    d = _obj(data, "", PLAN_KEYS, extra_ok=True)
+    unknown = [k for k in d if k not in PLAN_KEYS + PLAN_OPTIONAL_KEYS]
+    if unknown:
+        raise _FieldError(unknown[0], "is not a known field")
     for ts in ("created", "modified"):
         text = _str(d[ts], ts)
         try:
@@ -877,6 +911,7 @@ def _plan_from_json(data: object) -> Plan:
         else _nested("cement", CementSuggestion.from_json, d["cement"]),
         rfa=None if d["rfa"] is None else _nested("rfa", RfaPlan.from_json, d["rfa"]),
         view_state=cast(dict[str, Any], _plain(_obj(d["view_state"], "view_state"), "view_state")),
+        multi_needle=_multi_needle(d.get("multi_needle")),
     )
 
 

@@ -28,8 +28,16 @@ from planning.export import (
     write_label_map,
     write_markups,
 )
+from planning.multi_needle import (
+    MultiNeedleOptions,
+    MultiNeedlePlan,
+    PlacedNeedle,
+    with_multi_needle,
+)
 from planning.plan import (
+    Candidate,
     CaseRef,
+    Clearance,
     Plan,
     Trajectory,
     decode_mask,
@@ -80,14 +88,96 @@ def test_markups_validate_against_slicers_schema_and_round_trip(tmp_path: Path) 
     assert line.start_lps == ENTRY and line.end_lps == TIP
 
 
-def test_markups_one_file_per_trajectory(tmp_path: Path) -> None:
+def _candidate(side: str, entry: tuple, tip: tuple, approach: str) -> Candidate:
+    return Candidate(
+        approach=approach,
+        side=side,
+        skin_entry_lps=entry,
+        bone_entry_lps=None,
+        target_lps=tip,
+        needle="13G-100",
+        needle_od_mm=2.41,
+        skin_to_target_mm=float(np.linalg.norm(np.subtract(tip, entry))),
+        in_bone_mm=25.0,
+        clearance_mm=Clearance(foramina=4.2, by_foramen={f"{side} S1": 4.2}, canal=9.0),
+        tip_to_anterior_cortex_mm=8.0,
+        exits_anterior=False,
+        si_joint_crossed=False,
+        feasible=True,
+    )
+
+
+def _two_needle_plan() -> Plan:
+    """A plan whose multi-needle decision is two bilateral needles (numbers made up)."""
+    left = _candidate("left", ENTRY, TIP, "posterior_short")
+    right = _candidate("right", (-30.0, 90.0, 180.0), (-20.0, 40.0, 150.0), "interpedicular")
+    multi = MultiNeedlePlan(
+        kind="bilateral",
+        needles=(
+            PlacedNeedle("needle 1", left, 2.75, 2.5),
+            PlacedNeedle("needle 2", right, 2.75, 2.1),
+        ),
+        cement_total_ml=5.5,
+        lesion_ml=7.4,
+        lesion_max_diameter_mm=33.0,
+        coverage_single=0.6,
+        coverage=0.62,
+        filling_single=0.7,
+        filling=0.95,
+        attainable=0.74,
+        tip_gap_mm=63.3,
+        path_gap_mm=58.0,
+        options=MultiNeedleOptions(),
+        reasons=("one needle is not enough", "the tips are 63 mm apart"),
+    )
+    plan = Plan(candidates=(left,), trajectories=(_traj(),))
+    return with_multi_needle(plan, multi)
+
+
+def test_markups_one_line_per_needle_in_one_file(tmp_path: Path) -> None:
+    plan = _two_needle_plan()
+    out = tmp_path / "plan.mrk.json"
+    assert write_markups(plan, out) == [out]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.mrk.json"]
+    doc = json.loads(out.read_text())
+    errors = list(_validator().iter_errors(doc))
+    assert errors == [], [e.message for e in errors]
+    assert len(doc["markups"]) == len(plan.multi_needle.needles) == 2
+    assert [m["name"] for m in doc["markups"]] == [
+        "needle 1 posterior_short left",
+        "needle 2 interpedicular right",
+    ]
+    lines = read_markups(out)
+    for line, placed in zip(lines, plan.multi_needle.needles, strict=True):
+        assert line.start_lps == placed.candidate.skin_entry_lps
+        assert line.end_lps == placed.candidate.target_lps
+        assert "2.75 mL of cement" in line.description
+    # chosen trajectories without a multi-needle decision: one file, one line each
     second = _traj(entry=(-30.0, 90.0, 180.0), tip=(-20.0, 40.0, 150.0), source="manual")
-    paths = write_markups(_plan_with(_traj(), second), tmp_path / "plan.mrk.json")
-    assert [p.name for p in paths] == ["plan.mrk.json", "plan_2.mrk.json"]
-    validator = _validator()
-    for p in paths:
-        assert not list(validator.iter_errors(json.loads(p.read_text())))
-    assert read_markups(paths[1])[0].start_lps == (-30.0, 90.0, 180.0)
+    out2 = tmp_path / "manual.mrk.json"
+    write_markups(_plan_with(_traj(), second), out2)
+    doc2 = json.loads(out2.read_text())
+    assert not list(_validator().iter_errors(doc2))
+    assert [m["name"].split(" posterior")[0] for m in doc2["markups"]] == ["needle 1", "needle 2"]
+    assert read_markups(out2)[1].start_lps == (-30.0, 90.0, 180.0)
+
+
+def test_export_command_keeps_the_multi_needle_block(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from app.cli import main
+
+    plan_path = tmp_path / "plan.json"
+    save_plan(_two_needle_plan(), plan_path)
+    args = ["export", str(plan_path), "--markups", str(tmp_path / "n.mrk.json")]
+    assert main([*args, "--plan-out", str(tmp_path / "copy.json"), "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert written["markups"] == [str(tmp_path / "n.mrk.json")]
+    assert len(read_markups(tmp_path / "n.mrk.json")) == 2
+    copy = json.loads((tmp_path / "copy.json").read_text())
+    original = json.loads(plan_path.read_text())
+    assert copy["multi_needle"] == original["multi_needle"]
+    assert load_plan(tmp_path / "copy.json").multi_needle == load_plan(plan_path).multi_needle
 
 
 def test_markups_in_ras_read_back_as_lps(tmp_path: Path) -> None:

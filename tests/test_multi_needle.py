@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from imaging.errors import PlanFileError, PlanningParameterError
-from imaging.phantom import exact_distance_to_canal, exact_distance_to_foramen
+from imaging.phantom import build_truth, exact_distance_to_canal, exact_distance_to_foramen
 from imaging.volume import Volume
 from planning.case import Case
 from planning.multi_needle import (
@@ -22,8 +22,10 @@ from planning.multi_needle import (
     lesion_coverage,
     plan_multi_needle,
     segment_distance_mm,
+    with_multi_needle,
 )
 from planning.needles import get_needle
+from planning.plan import clearance_text, load_plan, save_plan
 from planning.planner import build_fields, plan_case
 
 SPACING = (1.5, 1.5, 1.5)  # at 2 mm the SI-joint keep-out swallows most of the ala's cement
@@ -282,3 +284,101 @@ def test_options_are_validated() -> None:
         MultiNeedleOptions(targets_per_part=0)
     opts = MultiNeedleOptions(min_tip_gap_mm=12.0)
     assert MultiNeedleOptions.from_json(opts.to_json()) == opts
+
+
+# -- the plan file, the command line -----------------------------------------------------------
+def test_two_needle_plan_round_trips_through_the_plan_file(planned, tmp_path) -> None:
+    _, plan, multi = planned("large_foramen")
+    both = with_multi_needle(plan, multi)
+    # the two needles become the chosen trajectories, needle 1 first
+    assert [(t.entry_lps, t.target_lps) for t in both.trajectories] == [
+        (n.candidate.skin_entry_lps, n.candidate.target_lps) for n in multi.needles
+    ]
+    assert all(t.source == "suggested" for t in both.trajectories)
+    written = save_plan(both, tmp_path / "two.json")
+    loaded = load_plan(tmp_path / "two.json")
+    assert loaded == written
+    assert loaded.multi_needle.to_json() == multi.to_json()
+    data = json.loads((tmp_path / "two.json").read_text())
+    assert data["schema"] == "sacroplan.plan/1"
+    assert data["multi_needle"]["kind"] == multi.kind
+    # a corrupt block is refused like any other field, naming it
+    data["multi_needle"]["needles"][1]["candidate"]["clearance_mm"]["canal"] = "far"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(PlanFileError, match=r"the field 'multi_needle' is not valid: .*canal"):
+        load_plan(tmp_path / "bad.json")
+    # one needle: the block is kept, the chosen trajectory stays the planner's
+    _, plan1, single = planned("s1_body")
+    kept = with_multi_needle(plan1, single)
+    assert kept.trajectories == plan1.trajectories and kept.multi_needle is single
+
+
+def test_the_number_of_needles_can_be_asked_for(planned) -> None:
+    case, plan, auto = planned("s1_body")
+    assert auto.kind == "single"
+    one = plan_multi_needle(case, plan=plan, needles=1)
+    assert one.kind == "single" and "asked for" in one.reasons[0]
+    two = plan_multi_needle(case, plan=plan, needles=2)
+    assert two.kind in ("bilateral", "tandem") and len(two.needles) == 2
+    for placed in two.needles:
+        c = placed.candidate
+        assert c.feasible
+        foramen, canal = exact_clearances(
+            c.skin_entry_lps, c.target_lps, c.needle_od_mm / 2, case.sample_truth
+        )
+        assert foramen >= plan.margins.foramen_mm and canal >= plan.margins.canal_mm
+    assert two.tip_gap_mm >= two.options.min_tip_gap_mm
+    with pytest.raises(PlanningParameterError, match="1, 2 or automatic"):
+        plan_multi_needle(case, plan=plan, needles=3)
+
+
+def test_cli_plans_two_needles_for_the_large_sample_lesion(tmp_path, capsys) -> None:
+    """``sacroplan plan --sample --lesion large_foramen`` (default 1 mm grid), checked against
+    the phantom's analytic foramina, canal and lesion."""
+    from app.cli import _format_plan, main
+
+    out = tmp_path / "plan.json"
+    argv = ["plan", "--sample", "--lesion", "large_foramen", "--json", "--out", str(out)]
+    assert main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    block = data["multi_needle"]
+    assert block["kind"] in ("bilateral", "tandem") and len(block["needles"]) == 2
+    plan = load_plan(out)
+    assert plan.multi_needle is not None and len(plan.trajectories) == 2
+    truth = build_truth(lesion="large_foramen")
+    assert np.linalg.norm(np.subtract(plan.lesion["centroid_lps"], truth.lesion.center_lps)) < 2.0
+    margins = plan.margins
+    tips = []
+    for placed in plan.multi_needle.needles:
+        c = placed.candidate
+        foramen, canal = exact_clearances(c.skin_entry_lps, c.target_lps, c.needle_od_mm / 2, truth)
+        assert foramen >= margins.foramen_mm, (c.approach, foramen)
+        assert canal >= margins.canal_mm, (c.approach, canal)
+        assert c.feasible and not c.exits_anterior
+        assert c.tip_to_anterior_cortex_mm >= margins.anterior_cortex_mm
+        assert not c.si_joint_crossed or c.approach == "transiliac"
+        assert c.skin_to_target_mm <= get_needle(c.needle).working_length_mm
+        assert truth.lesion.contains(np.asarray(c.target_lps)[None, :])[0]
+        tips.append(np.asarray(c.target_lps))
+    assert np.linalg.norm(tips[0] - tips[1]) >= plan.multi_needle.options.min_tip_gap_mm
+    # the printed plan names both needles with their clearances, cement and the reasons
+    text = _format_plan(data)
+    assert "Needles: 2" in text
+    for placed in plan.multi_needle.needles:
+        c = placed.candidate
+        line = next(t for t in text.splitlines() if t.strip().startswith(placed.label + ":"))
+        assert c.approach in line and f"cement {placed.cement_ml:.2f} mL" in line
+        assert clearance_text(c.clearance_mm.canal, c.needle_od_mm) in line
+    assert f"tips {block['tip_gap_mm']:.1f} mm apart" in text
+    assert block["reasons"][0] in text
+
+
+def test_cli_one_needle_when_asked(tmp_path, capsys) -> None:
+    from app.cli import main
+
+    argv = ["plan", "--sample", "--lesion", "left_ala_s2", "--spacing", "2,2,2", "--needles", "1"]
+    assert main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert "multi_needle" not in data and len(data["trajectories"]) == 1
+    assert main([*argv, "--needles", "3"]) == 2
+    assert "--needles" in capsys.readouterr().err

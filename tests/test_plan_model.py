@@ -17,6 +17,7 @@ from imaging.errors import PlanFileError, PlanningParameterError
 from planning.carm import bulls_eye_view
 from planning.cement import suggest_cement
 from planning.margins import Margins, margin_range_mm
+from planning.multi_needle import MultiNeedleOptions, MultiNeedlePlan, PlacedNeedle
 from planning.plan import (
     CANDIDATE_KEYS,
     PLAN_KEYS,
@@ -95,6 +96,35 @@ def _candidate(approach: str, *, feasible: bool = True, score: float | None = 0.
     )
 
 
+def _multi() -> MultiNeedlePlan:
+    left = _candidate("posterior_short")
+    right = dataclasses.replace(
+        _candidate("interpedicular"),
+        side="right",
+        skin_entry_lps=(-20.0, 96.0, 210.0),
+        target_lps=(-2.0, 30.5, 204.0),
+    )
+    return MultiNeedlePlan(
+        kind="bilateral",
+        needles=(
+            PlacedNeedle("needle 1", left, 3.15, 2.9),
+            PlacedNeedle("needle 2", right, 3.15, 2.6),
+        ),
+        cement_total_ml=6.3,
+        lesion_ml=7.1,
+        lesion_max_diameter_mm=27.5,
+        coverage_single=0.55,
+        coverage=0.74,
+        filling_single=0.7,
+        filling=0.93,
+        attainable=0.8873,
+        tip_gap_mm=40.2,
+        path_gap_mm=36.5,
+        options=MultiNeedleOptions(),
+        reasons=("two bilateral needles reach 74 %", "the tips are 40 mm apart"),
+    )
+
+
 def _full_plan() -> Plan:
     lesion_pts = np.array([[38.0, 30.0 + d, 205.0] for d in np.linspace(-12, 12, 25)])
     return Plan(
@@ -163,6 +193,7 @@ def _full_plan() -> Plan:
             intact_cortex_between=True,
         ),
         view_state={"layout": "2x2", "window": [400, 40], "camera": {"zoom": 1.5}},
+        multi_needle=_multi(),
     )
 
 
@@ -173,6 +204,8 @@ def test_round_trip_save_load_equal(tmp_path: Path) -> None:
     assert loaded == written
     assert loaded.anatomy["e_x"] == [1.0, 0.0, 0.0]
     assert loaded.candidates[0].c_arm == written.candidates[0].c_arm
+    assert loaded.multi_needle == written.multi_needle == _multi()
+    assert [n.candidate.side for n in loaded.multi_needle.needles] == ["left", "right"]
     # and again: a loaded plan saves to the same text
     again = save_plan(loaded, tmp_path / "again.json", stamp=False)
     assert (tmp_path / "again.json").read_text() == path.read_text()
@@ -184,7 +217,8 @@ def test_json_has_exactly_the_documented_keys(tmp_path: Path) -> None:
     path = tmp_path / "p.json"
     save_plan(_full_plan(), path)
     data = json.loads(path.read_text())
-    assert list(data) == list(PLAN_KEYS)
+    assert list(data) == [*PLAN_KEYS, "multi_needle"]
+    assert data["multi_needle"]["schema"] == "sacroplan.multi_needle/1"
     assert data["schema"] == SCHEMA == "sacroplan.plan/1"
     cand = data["candidates"][0]
     assert list(cand) == list(CANDIDATE_KEYS)
@@ -294,6 +328,26 @@ def _mutated(path: str, value: object) -> str:
     return json.dumps(data)
 
 
+def test_plan_without_the_multi_needle_block(tmp_path: Path) -> None:
+    """Files written before the block existed load; a plan without one writes no block."""
+    data = json.loads(_good_text())
+    del data["multi_needle"]
+    old = load_plan(_write(tmp_path, json.dumps(data)))
+    assert old.multi_needle is None
+    assert old == dataclasses.replace(parse_plan_text(_good_text()), multi_needle=None)
+    path = tmp_path / "single.json"
+    save_plan(old, path)
+    assert "multi_needle" not in json.loads(path.read_text())
+    # null reads as no block; the schema number is unchanged (an optional block is minor)
+    data["multi_needle"] = None
+    assert parse_plan_text(json.dumps(data)).multi_needle is None
+    assert data["schema"] == SCHEMA
+    # another unknown top-level field is still refused
+    data["multi_needles"] = {}
+    with pytest.raises(PlanFileError, match="'multi_needles' is not a known field"):
+        parse_plan_text(json.dumps(data))
+
+
 _MARGINS_TOO_WIDE = {**Margins().to_json(), "foramen_mm": 99}
 
 
@@ -329,6 +383,18 @@ _MARGINS_TOO_WIDE = {**Margins().to_json(), "foramen_mm": 99}
         ("rfa.safety", "maybe", "'rfa' is not valid"),
         ("evaluated.transiliac", -3, "evaluated.transiliac' must be at least 0"),
         ("case.patient_id", 7, "case.patient_id' must be a string"),
+        ("multi_needle", [], "'multi_needle' is not valid: the field 'multi_needle' must be"),
+        ("multi_needle.kind", "tandem", "is not valid: the field 'multi_needle.kind' is"),
+        ("multi_needle.coverage", 1.2, "the field 'multi_needle.coverage' must be 0-1"),
+        ("multi_needle.needles", [], "the field 'multi_needle.needles' must be a non-empty"),
+        ("multi_needle.needles.1.cement_ml", "3", "multi_needle.needles[1].cement_ml"),
+        (
+            "multi_needle.needles.0.candidate.target_lps",
+            _DELETE,
+            "multi_needle.needles[0].candidate.target_lps",
+        ),
+        ("multi_needle.options.min_tip_gap_mm", -1, "'multi_needle.options' is not valid"),
+        ("multi_needle.schema", "sacroplan.multi_needle/2", "'multi_needle.schema' must be"),
     ],
 )
 def test_missing_or_ill_typed_fields_are_named(
@@ -371,6 +437,13 @@ _JSON = st.recursive(
             "rfa.centres_lps",
             "best_by_approach",
             "view_state",
+            "multi_needle",
+            "multi_needle.needles",
+            "multi_needle.needles.1",
+            "multi_needle.needles.0.candidate",
+            "multi_needle.options",
+            "multi_needle.tip_gap_mm",
+            "multi_needle.reasons",
         ]
     ),
     value=_JSON,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import io
 import json
 import os
 import re
@@ -235,3 +236,63 @@ def test_workstation_case_is_drawn_without_reopening_the_study(
     text = out.read_text()
     assert "Note:" not in text
     assert len(re.findall(r"<img src='data:image/png;base64,", text)) == len(IMAGE_CAPTIONS) + 1
+
+
+# -- multi-needle plans ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two_needles(planned_case: tuple[Plan, Path, Case]) -> Plan:
+    """The sample plan with two needles asked for (a real pair meeting every margin)."""
+    from planning.multi_needle import plan_multi_needle, with_multi_needle
+
+    plan, _, case = planned_case
+    multi = plan_multi_needle(case, plan=plan, options=PlanOptions(with_rfa=True), needles=2)
+    assert len(multi.needles) == 2, multi.reasons
+    return with_multi_needle(plan, multi)
+
+
+def _orange_pixels(png: bytes) -> int:
+    """Pixels of needle 2's colour (orange, any shade: lit or in shadow) in a picture."""
+    from PIL import Image
+
+    from app.report_images import needle_colour
+
+    r, g, b = np.moveaxis(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), float), 2, 0)
+    red, green, blue = needle_colour(1)
+    assert blue == 0.0 and red == 1.0  # the test below relies on it
+    hue = (r >= 60) & (b <= 12) & (np.abs(g - green * r) <= 0.05 * r + 4)
+    return int(np.count_nonzero(hue))
+
+
+def test_report_lists_every_needle_with_its_numbers(two_needles: Plan, tmp_path: Path) -> None:
+    out = write_report(two_needles, tmp_path / "two.pdf")
+    text, n_images = _pdf_text(out)
+    assert n_images >= 5 and "Note:" not in text
+    m = two_needles.multi_needle
+    section = text[text.index("Needles") : text.index("Needle Needle")]
+    for placed in m.needles:
+        c = placed.candidate
+        assert placed.label in section
+        assert f"{placed.cement_ml:.2f} mL" in section
+        assert f"{placed.reaches_ml:.1f} mL" in section
+        nearest = min(c.clearance_mm.by_foramen.values())
+        assert f"{nearest:.1f} mm" in section
+        assert f"{c.skin_to_target_mm:.0f} / {c.in_bone_mm:.0f} mm" in section
+        assert _words(c.c_arm.text) in section
+    assert f"{100 * m.coverage:.0f} % of the {m.lesion_ml:.1f} mL lesion" in section
+    assert f"tips {m.tip_gap_mm:.1f} mm apart" in section
+    assert _words(m.reasons[0])[:60] in section
+
+
+def test_pictures_show_every_needle(two_needles: Plan, planned_case, tmp_path: Path) -> None:
+    """Needle 2 is drawn (in its own colour) in the slices, the 3D view and the depth plot."""
+    from app.report_images import render_report_images
+    from planning.export import open_plan_study
+
+    plan, _, _ = planned_case
+    study = open_plan_study(plan)
+    one = render_report_images(plan, study, size_px=400)
+    two = render_report_images(two_needles, study, size_px=400)
+    assert set(two) == set(one) == {*IMAGE_CAPTIONS, "clearance"}
+    for key in ("axial", "sagittal", "view3d", "clearance"):
+        assert _orange_pixels(one[key]) == 0, key
+        assert _orange_pixels(two[key]) > 20, key

@@ -1,23 +1,30 @@
-"""Peak memory of loading and planning a 512 x 512 x 300 CT (not a test).
+"""Peak memory of loading and planning a 512 x 512 x 300 CT, stage by stage (not a test).
 
-The synthetic phantom is drawn on a 512 x 512 x 300 grid and written as a DICOM series
-with :func:`imaging.dicom_write.write_series` (in a first child process). A second, fresh
-child process then runs the stages a user runs and reports the peak resident memory of
-each (``VmHWM`` of ``/proc/self/status``, reset between stages through
-``/proc/self/clear_refs``):
+The synthetic phantom is drawn on a 512 x 512 x 300 grid and written as a DICOM series with
+:func:`imaging.dicom_write.write_series` (in a first child process). Then each stage a user
+runs is measured in a *fresh* child process, so that one stage's peak cannot hide another's:
+the child imports numpy, SimpleITK, pydicom and sacroplan, runs the stages before the measured
+one, resets the kernel's peak counter (``/proc/self/clear_refs``) and runs the stage:
 
-* ``imports`` - Python with numpy, SimpleITK, pydicom, numba and sacroplan imported;
-* ``scan`` / ``load`` - ``imaging.read.scan`` + ``load_series`` of the series;
-* ``anatomy`` - ``Case.find_anatomy``; ``lesion`` - ``Case.grow_lesion``;
+* ``load`` - ``imaging.read.scan`` + ``load_series`` of the series;
+* ``anatomy`` - ``Case.find_anatomy``; ``lesion`` - ``Case.grow_lesion`` (from the phantom's
+  lesion centre);
 * ``plan`` - ``planning.planner.plan_case``.
 
-For each stage it prints the peak, the peak above the imports baseline, and that excess
-divided by the volume's bytes (the aim: at most 3.5, the ``WORKING_SET_FACTOR`` the
-memory budget in :mod:`imaging.read` assumes).
+Reported per stage, divided by the volume's bytes (int16):
+
+* the peak resident memory during the stage above the process after its imports: everything
+  the study needs at that moment (the volume, what earlier stages keep, the stage's working
+  memory). The aim is at most 3.5, the ``WORKING_SET_FACTOR`` the memory budget in
+  :mod:`imaging.read` assumes;
+* the stage's own rise: its peak above the memory held just before it;
+* what is held after it.
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.bench_memory [--size 512,512,300] [--keep DIR]
+    .venv/bin/python -m bench.bench_memory [--size 512,512,300] [--quick] [--keep DIR]
+
+``python -m bench`` calls :func:`collect` (``--quick``: a 256 x 256 x 150 study).
 """
 
 from __future__ import annotations
@@ -30,10 +37,20 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._table import Row, format_table, machine_line
+
 ROOT = Path(__file__).resolve().parents[1]
+GROUP = "memory"
 AIM = 3.5
+STAGES = ("load", "anatomy", "lesion", "plan")
+FULL_SIZE = (512, 512, 300)
+QUICK_SIZE = (256, 256, 150)
 
 
 def _status_kb(field: str) -> int:
@@ -54,8 +71,13 @@ def _reset_peak() -> bool:
         return False
 
 
+def _foreign(filename: str) -> bool:
+    """Frames not worth naming at the peak: this benchmark and installed packages."""
+    return "site-packages" in filename or filename.endswith("bench_memory.py")
+
+
 class _PeakWatcher:
-    """Samples the resident memory every 50 ms and remembers where the main thread was at
+    """Samples the resident memory every 20 ms and remembers where the main thread was at
     the highest sample (the innermost sacroplan frames), to point at the allocation."""
 
     def __init__(self) -> None:
@@ -73,15 +95,15 @@ class _PeakWatcher:
             if rss > self._best:
                 frame = sys._current_frames().get(self._main)
                 where = []
-                while frame is not None and len(where) < 4:
+                while frame is not None and len(where) < 3:
                     code = frame.f_code
-                    if str(ROOT) in code.co_filename:
+                    if str(ROOT) in code.co_filename and not _foreign(code.co_filename):
                         rel = Path(code.co_filename).relative_to(ROOT)
                         where.append(f"{rel}:{frame.f_lineno} {code.co_name}")
                     frame = frame.f_back
                 with self._lock:
                     self._best, self._where = rss, " < ".join(where)
-            time.sleep(0.05)
+            time.sleep(0.02)
 
     def take(self) -> str:
         with self._lock:
@@ -115,8 +137,8 @@ def prepare(out: Path, size: tuple[int, int, int]) -> None:
     )
 
 
-def measure(folder: Path) -> dict:
-    """Child 2: run the stages and report the peak RSS of each (kB)."""
+def measure(folder: Path, stage: str) -> dict:
+    """Child 2..5: run the stages before ``stage``, then ``stage`` itself, measured (kB)."""
     sys.path.insert(0, str(ROOT))
     import numpy as np  # noqa: F401
     import pydicom  # noqa: F401
@@ -126,98 +148,160 @@ def measure(folder: Path) -> dict:
     from planning.case import Case
     from planning.planner import plan_case
 
-    stages: list[dict] = []
+    seed = json.loads((folder / "seed.json").read_text())
+    state: dict = {}
+
+    def load() -> None:
+        (info,) = scan(folder / "dicom").series
+        state["case"] = Case(image=load_series(info), source=str(folder))
+
+    steps = {
+        "load": load,
+        "anatomy": lambda: state["case"].find_anatomy(),
+        "lesion": lambda: state["case"].grow_lesion(seed),
+        "plan": lambda: state.setdefault("plan", plan_case(state["case"])),
+    }
+    base_kb = _status_kb("VmRSS")
+    for name in STAGES[: STAGES.index(stage)]:
+        steps[name]()
     resettable = _reset_peak()
     watcher = _PeakWatcher()
-
-    def record(name: str, t0: float) -> None:
-        stages.append(
-            {
-                "stage": name,
-                "peak_kb": _status_kb("VmHWM"),
-                "rss_kb": _status_kb("VmRSS"),
-                "seconds": time.perf_counter() - t0,
-                "where": watcher.take(),
-            }
-        )
-        _reset_peak()
-
-    record("imports", time.perf_counter())
+    before_kb = _status_kb("VmRSS")
     t0 = time.perf_counter()
-    result = scan(folder / "dicom")
-    (info,) = result.series
-    volume = load_series(info)
-    record("scan+load", t0)
-    case = Case(image=volume, source=str(folder))
-    t0 = time.perf_counter()
-    case.find_anatomy()
-    record("anatomy", t0)
-    seed = json.loads((folder / "seed.json").read_text())
-    t0 = time.perf_counter()
-    case.grow_lesion(seed)
-    record("lesion", t0)
-    t0 = time.perf_counter()
-    plan_case(case)
-    record("plan", t0)
+    steps[stage]()
+    seconds = time.perf_counter() - t0
+    peak_kb = _status_kb("VmHWM")
+    volume = state["case"].image.array
     return {
-        "volume_bytes": int(volume.array.nbytes),
-        "shape": list(volume.array.shape),
-        "dtype": str(volume.array.dtype),
+        "stage": stage,
+        "base_kb": base_kb,
+        "before_kb": before_kb,
+        "peak_kb": peak_kb,
+        "after_kb": _status_kb("VmRSS"),
+        "seconds": seconds,
+        "where": watcher.take(),
+        "volume_bytes": int(volume.nbytes),
+        "shape": list(volume.shape),
+        "dtype": str(volume.dtype),
         "resettable": resettable,
-        "stages": stages,
     }
+
+
+def run(size: tuple[int, int, int], *, keep: str | None = None) -> list[dict]:
+    """Write the phantom (unless ``keep`` holds it already) and measure every stage."""
+    folder = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="sacroplan-mem-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.setdefault("SACROPLAN_HOME", str(folder / "home"))
+    text = ",".join(str(v) for v in size)
+    me = [sys.executable, "-m", "bench.bench_memory", "--size", text, "--folder", str(folder)]
+    results = []
+    try:
+        if not (folder / "dicom").is_dir():
+            subprocess.run([*me, "--child", "prepare"], check=True, cwd=ROOT, env=env)
+        for stage in STAGES:
+            out = subprocess.run(
+                [*me, "--child", "measure", "--stage", stage], check=True, cwd=ROOT, env=env,
+                capture_output=True, text=True, timeout=1800,
+            )  # fmt: skip
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+def _ratios(r: dict) -> tuple[float, float, float]:
+    """(peak above imports, the stage's own rise, held after) / volume bytes."""
+    vb = r["volume_bytes"] / 1024.0  # kB
+    return (
+        (r["peak_kb"] - r["base_kb"]) / vb,
+        (r["peak_kb"] - r["before_kb"]) / vb,
+        (r["after_kb"] - r["base_kb"]) / vb,
+    )
+
+
+def rows_of(results: list[dict]) -> list[Row]:
+    """Table rows: per stage, peak RSS above imports / volume bytes (target <= 3.5x)."""
+    rows = []
+    for r in results:
+        total, rise, held = _ratios(r)
+        k, j, i = r["shape"]
+        note = (
+            f"volume {r['volume_bytes'] / 2**20:.0f} MB; stage's own rise {rise:.2f}x, "
+            f"held after {held:.2f}x, {r['seconds']:.1f} s"
+            + (f"; at the peak: {r['where']}" if r["where"] else "")
+            + ("" if r["resettable"] else "; peak not resettable: includes earlier stages")
+        )
+        rows.append(
+            Row(
+                GROUP,
+                f"{i}x{j}x{k} CT {r['stage']}: peak RSS above imports / volume bytes",
+                total,
+                "x",
+                target=f"<= {AIM}x",
+                ok=total <= AIM,
+                note=note,
+            )
+        )
+    return rows
+
+
+def collect(*, quick: bool = False) -> list[Row]:
+    """Measure every stage in its own child process; ``quick``: a 256 x 256 x 150 study."""
+    rows = rows_of(run(QUICK_SIZE if quick else FULL_SIZE))
+    if quick:  # the anatomy's fine grid (1-1.5 mm) does not shrink with a coarse study
+        rows = [replace(r, target="", ok=None, note=r.note + QUICK_NOTE) for r in rows]
+    return rows
+
+
+QUICK_NOTE = (
+    "; quick run on a small study: the anatomy works on a 1-1.5 mm grid whatever the study's "
+    "size, so the ratio is not comparable with the aim (run without --quick)"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="peak memory of loading and planning a CT")
-    parser.add_argument("--size", default="512,512,300", help="voxels X,Y,Z")
-    parser.add_argument("--keep", help="write the series here and keep it")
+    parser.add_argument("--size", help="voxels X,Y,Z (default 512,512,300)")
+    parser.add_argument("--quick", action="store_true", help="a 256 x 256 x 150 study")
+    parser.add_argument("--keep", help="write the series here and keep it (reused if there)")
     parser.add_argument("--child", choices=("prepare", "measure"), help=argparse.SUPPRESS)
+    parser.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    size = tuple(int(v) for v in args.size.split(","))
+    text = args.size or ",".join(str(v) for v in (QUICK_SIZE if args.quick else FULL_SIZE))
+    size = tuple(int(v) for v in text.split(","))
     if args.child == "prepare":
         prepare(Path(args.folder), size)  # type: ignore[arg-type]
         return 0
     if args.child == "measure":
-        print(json.dumps(measure(Path(args.folder))))
+        print(json.dumps(measure(Path(args.folder), args.stage)))
         return 0
 
-    folder = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="sacroplan-mem-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    env.setdefault("SACROPLAN_HOME", str(folder / "home"))
-    me = [sys.executable, "-m", "bench.bench_memory", "--size", args.size, "--folder", str(folder)]
-    try:
-        if not (folder / "dicom").is_dir():
-            t0 = time.perf_counter()
-            subprocess.run([*me, "--child", "prepare"], check=True, cwd=ROOT, env=env)
-            print(f"phantom {args.size} written in {time.perf_counter() - t0:.0f} s")
-        out = subprocess.run(
-            [*me, "--child", "measure"], check=True, cwd=ROOT, env=env, capture_output=True,
-            text=True,
-        )  # fmt: skip
-        report = json.loads(out.stdout.strip().splitlines()[-1])
-    finally:
-        if not args.keep:
-            shutil.rmtree(folder, ignore_errors=True)
-    mb = report["volume_bytes"] / 2**20
-    print(f"volume {report['shape'][::-1]} {report['dtype']}: {mb:.0f} MB")
-    if not report["resettable"]:
-        print("(peak RSS cannot be reset on this system: each peak includes the stages before)")
-    base = report["stages"][0]["peak_kb"]
-    print(f"{'stage':<10} {'peak MB':>8} {'above imports MB':>17} {'÷ volume':>9} {'s':>6}")
+    t0 = time.perf_counter()
+    results = run(size, keep=args.keep)  # type: ignore[arg-type]
+    r0 = results[0]
+    mb = r0["volume_bytes"] / 2**20
+    print(f"machine: {machine_line()}")
+    seconds = time.perf_counter() - t0
+    print(f"volume {r0['shape'][::-1]} {r0['dtype']}: {mb:.0f} MB; {seconds:.0f} s")
+    head = ("stage", "peak MB", "÷ volume", "own rise", "held after", "s")
+    print("{:<8} {:>8} {:>9} {:>9} {:>11} {:>6}".format(*head))
     worst = 0.0
-    for st in report["stages"]:
-        peak = st["peak_kb"] / 1024
-        excess = max(0.0, (st["peak_kb"] - base) / 1024)
-        ratio = excess / mb if st["stage"] != "imports" else 0.0
-        worst = max(worst, ratio)
-        print(f"{st['stage']:<10} {peak:8.0f} {excess:17.0f} {ratio:9.2f} {st['seconds']:6.1f}")
-        if st.get("where"):
-            print(f"    at the peak: {st['where']}")
+    for r in results:
+        total, rise, held = _ratios(r)
+        worst = max(worst, total)
+        peak = (r["peak_kb"] - r["base_kb"]) / 1024
+        print(
+            f"{r['stage']:<8} {peak:8.0f} {total:9.2f} {rise:9.2f} {held:11.2f} {r['seconds']:6.1f}"
+        )
+        if r["where"]:
+            print(f"    at the peak: {r['where']}")
     verdict = "within" if worst <= AIM else "ABOVE"
     print(f"largest peak above imports: {worst:.2f} x the volume's bytes ({verdict} the {AIM} aim)")
+    print()
+    print(format_table(rows_of(results)))
     return 0
 
 

@@ -53,7 +53,9 @@ from imaging.anatomy_grid import (
     enclosed_mm,
     erode_mm,
     fill_holes,
+    release_free_memory,
     resample_to_grid,
+    sparse_zeros,
     world_bounds,
 )
 from imaging.anatomy_locate import CoarseAnatomy, LocateParams, locate_pelvis
@@ -243,7 +245,9 @@ class AnatomyMasks:
         has its shape ``(K, J, I)`` and geometry.
     masks : dict of str to ndarray
         Boolean ``(K, J, I)`` masks named in :data:`MASK_NAMES`; ``"foramina"`` is uint8
-        with ``i + 1`` for :data:`FORAMEN_NAMES` ``[i]`` and 0 elsewhere.
+        with ``i + 1`` for :data:`FORAMEN_NAMES` ``[i]`` and 0 elsewhere. Ordinary writeable
+        arrays whose memory is taken only around what they hold
+        (:func:`~imaging.anatomy_grid.sparse_zeros`).
     foramina : list of Foramen
         The foramina found (possibly fewer than eight; see ``missing_foramina``).
     endplate : Endplate
@@ -450,6 +454,19 @@ def segment_anatomy(
     OperationCancelledError
         When ``cancel()`` returned True.
     """
+    try:
+        return _segment_anatomy(ct, progress=progress, cancel=cancel, params=params)
+    finally:  # the stage's working memory goes back to the system, not only to the allocator
+        release_free_memory()
+
+
+def _segment_anatomy(
+    ct: Volume,
+    *,
+    progress: ProgressFn | None,
+    cancel: CancelFn | None,
+    params: AnatomyParams | None,
+) -> AnatomyMasks:
     p = params or AnatomyParams()
     _check_ct(ct)
     st = _Stages(progress, cancel)
@@ -597,10 +614,19 @@ def _outer_labels(
     return labels, grown, inner
 
 
-def _nearest_onto(image: sitk.Image, onto: Volume) -> np.ndarray:
-    """Nearest-neighbour resampling of an integer image onto a volume's grid (0 outside)."""
-    ref = sitk.Image(list(onto.size), image.GetPixelID())
-    ref.SetOrigin(tuple(float(v) for v in onto.origin))
+def _nearest_onto(
+    image: sitk.Image, onto: Volume, *, k_range: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Nearest-neighbour resampling of an integer image onto a volume's grid (0 outside).
+
+    With ``k_range`` ``(k0, k1)`` only the slices ``k0:k1`` of ``onto`` are resampled.
+    """
+    k0, k1 = k_range if k_range is not None else (0, onto.array.shape[0])
+    size = [int(v) for v in onto.size]
+    size[2] = int(k1 - k0)
+    origin = onto.origin if k0 == 0 else onto.index_to_world(np.array([[0.0, 0.0, k0]]))[0]
+    ref = sitk.Image(size, image.GetPixelID())
+    ref.SetOrigin(tuple(float(v) for v in origin))
     ref.SetSpacing(tuple(float(v) for v in onto.spacing))
     ref.SetDirection(tuple(float(v) for v in onto.direction.reshape(-1)))
     out = sitk.Resample(image, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
@@ -1162,35 +1188,73 @@ def _to_crop(
     inner; see :func:`_outer_labels`) of ``outer_grid``. With ``refine`` (a study finer
     than the coarse grid) a voxel takes the grown label where the study is brighter than
     ``bone_hu`` and the inner one elsewhere; otherwise simply the label.
-    """
 
+    The crop is done in slabs of ``_SLAB`` slices along k, and the masks are written only
+    where they hold voxels (:func:`~imaging.anatomy_grid.sparse_zeros`), so the working
+    memory is a few slabs and the masks take memory about the size of what they hold.
+    """
     off = np.rint(crop.world_to_index(region.origin[None])[0]).astype(int)
-    k, j, i = region.array.shape
-    box = (slice(off[2], off[2] + k), slice(off[1], off[1] + j), slice(off[0], off[0] + i))
+    rk, rj, ri = region.array.shape
     labels, grown, inner = outer
-    if refine:
-        both = _nearest_onto(outer_grid.image(grown | (inner << 4)), crop)
-        c = np.where(crop.array > bone_hu, both & 15, both >> 4).astype(np.uint8)
-    else:
-        c = _nearest_onto(outer_grid.image(labels), crop).astype(np.uint8)
-    s = c > 0
-    f = np.zeros(c.shape, np.uint8)
+    outer_img = outer_grid.image(grown | (inner << 4) if refine else labels)
     # one resampling for codes (< 32), flags (3 bits) and solid
     packed = codes.astype(np.uint16) | (flags.astype(np.uint16) << 5)
     packed |= solid.astype(np.uint16) << 8
-    sub = _nearest_onto(fine.image(packed), region)
-    c[box] = sub & 31
-    f[box] = (sub >> 5) & 7
-    s[box] = (sub >> 8) > 0
-    foramina = np.where(c >= _FORAMEN0, c - _FORAMEN0 + 1, 0).astype(np.uint8)
-    return {
-        "bone": s | np.isin(c, (_SAC, _LIL, _RIL, _OTHER)),
-        "sacrum": c == _SAC,
-        "left_ilium": c == _LIL,
-        "right_ilium": c == _RIL,
-        "canal": c == _CANAL,
-        "foramina": foramina,
-        "anterior_cortex": (f & _FLAG_CORTEX) > 0,
-        "si_joint_left": (f & _FLAG_SIL) > 0,
-        "si_joint_right": (f & _FLAG_SIR) > 0,
-    }
+    fine_img = fine.image(packed)
+    del packed
+    shape = crop.array.shape
+    names = (*MASK_NAMES[:5], *MASK_NAMES[6:])
+    out = {name: sparse_zeros(shape, bool) for name in names}
+    out["foramina"] = sparse_zeros(shape, np.uint8)
+    for k0 in range(0, shape[0], _SLAB):
+        k1 = min(k0 + _SLAB, shape[0])
+        both = _nearest_onto(outer_img, crop, k_range=(k0, k1))
+        if refine:
+            c = np.where(crop.array[k0:k1] > bone_hu, both & 15, both >> 4).astype(np.uint8)
+        else:
+            c = both.astype(np.uint8)
+        del both
+        s = c > 0
+        f = np.zeros(c.shape, np.uint8)
+        a, b = max(k0, off[2]), min(k1, off[2] + rk)
+        if a < b:  # the slab meets the fine grid's region
+            sub = _nearest_onto(fine_img, region, k_range=(a - off[2], b - off[2]))
+            box = (slice(a - k0, b - k0), slice(off[1], off[1] + rj), slice(off[0], off[0] + ri))
+            c[box] = sub & 31
+            f[box] = (sub >> 5) & 7
+            s[box] = (sub >> 8) > 0
+            del sub
+        slab = slice(k0, k1)
+        _put(out["bone"], slab, s | (c == _SAC) | (c == _LIL) | (c == _RIL) | (c == _OTHER))
+        del s
+        for name, code in (
+            ("sacrum", _SAC),
+            ("left_ilium", _LIL),
+            ("right_ilium", _RIL),
+            ("canal", _CANAL),
+        ):
+            _put(out[name], slab, c == code)
+        is_foramen = c >= _FORAMEN0
+        c -= np.uint8(_FORAMEN0 - 1)
+        c[~is_foramen] = 0
+        _put(out["foramina"], slab, c)
+        for name, flag in (
+            ("anterior_cortex", _FLAG_CORTEX),
+            ("si_joint_left", _FLAG_SIL),
+            ("si_joint_right", _FLAG_SIR),
+        ):
+            _put(out[name], slab, (f & flag) > 0)
+    return {name: out[name] for name in MASK_NAMES}
+
+
+#: Slices per slab when the masks are written onto the crop grid.
+_SLAB = 16
+
+
+def _put(out: np.ndarray, slab: slice, values: np.ndarray) -> None:
+    """Write the non-zero bounding box of ``values`` into ``out[slab]`` (nothing if empty)."""
+    nz = [np.flatnonzero(values.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
+    if not len(nz[0]):
+        return
+    box = tuple(slice(int(n[0]), int(n[-1]) + 1) for n in nz)
+    out[slab][box] = values[box]

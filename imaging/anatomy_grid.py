@@ -12,6 +12,7 @@ every grid, isotropic or not.
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -254,3 +255,71 @@ def bbox_slices(mask: np.ndarray, *, pad: int) -> tuple[slice, slice, slice]:
         slice(int(lo[1]), int(hi[1])),
         slice(int(lo[2]), int(hi[2])),
     )
+
+
+def sparse_zeros(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+    """A zero array whose memory is taken only where it is written.
+
+    Backed by a private anonymous memory map where the system has one (Linux, macOS):
+    untouched pages stay unallocated, in pages of a few kB (``np.zeros`` may hand out
+    2 MB huge pages, so one written voxel would take 2 MB). A mask holding a structure
+    much smaller than its grid then costs about the bounding boxes it is written in.
+    Elsewhere, ``np.zeros``. The array is an ordinary writeable ndarray.
+    """
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape))
+    flags = getattr(mmap, "MAP_PRIVATE", None)
+    anonymous = getattr(mmap, "MAP_ANONYMOUS", None)
+    if flags is None or anonymous is None or count * dtype.itemsize < mmap.PAGESIZE:
+        return np.zeros(shape, dtype)
+    buffer = mmap.mmap(-1, count * dtype.itemsize, flags=flags | anonymous)
+    return np.frombuffer(buffer, dtype=dtype, count=count).reshape(shape)
+
+
+def label_masks(labels: np.ndarray, codes: dict[str, int]) -> dict[str, np.ndarray]:
+    """One boolean mask per named code of a label image, each taking memory only around it.
+
+    Parameters
+    ----------
+    labels : (K, J, I) integer ndarray
+        E.g. ``AnatomyMasks.masks["foramina"]`` (codes ``1..8``, 0 elsewhere).
+    codes : dict of str to int
+        Name -> positive label value.
+
+    Returns
+    -------
+    dict of str to (K, J, I) bool ndarray
+        ``labels == code`` for each name, as :func:`sparse_zeros` arrays written only in the
+        code's bounding box (one pass over ``labels`` for all of them).
+    """
+    top = max([int(c) for c in codes.values()], default=0)
+    boxes = ndi.find_objects(labels, max_label=top) if top > 0 else []
+    out = {}
+    for name, code in codes.items():
+        mask = sparse_zeros(labels.shape, bool)
+        box = boxes[code - 1] if 0 < code <= len(boxes) else None
+        if box is not None:
+            mask[box] = labels[box] == code
+        out[name] = mask
+    return out
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by the last stage back to the system (glibc ``malloc_trim``).
+
+    The C allocator keeps freed medium-sized blocks (slabs, fine-grid images) for reuse, so a
+    finished stage would go on holding its peak. Nothing happens where there is no glibc.
+    """
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM = None

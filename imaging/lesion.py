@@ -63,6 +63,7 @@ import SimpleITK as sitk
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
+from imaging.anatomy_grid import release_free_memory, sparse_zeros
 from imaging.errors import LesionSegmentationError
 from imaging.lesion_metrics import LesionMetrics, lesion_metrics, max_feret_diameter_mm
 from imaging.lesion_util import (
@@ -265,6 +266,19 @@ def grow_lesion(
         The seed is outside the study or outside bone; its value is not in the band; the
         mode does not fit the modality; the region leaked (volume cap or search box).
     """
+    try:
+        return _grow_lesion(image, seed_lps, options=options, bone_mask=bone_mask)
+    finally:  # the stage's working memory goes back to the system, not only to the allocator
+        release_free_memory()
+
+
+def _grow_lesion(
+    image: Volume,
+    seed_lps: np.ndarray | tuple[float, float, float],
+    *,
+    options: GrowOptions,
+    bone_mask: Volume | None,
+) -> LesionResult:
     seed = np.asarray(seed_lps, dtype=np.float64).reshape(-1)
     if seed.shape != (3,) or not np.all(np.isfinite(seed)):
         raise LesionSegmentationError("the seed must be one point (x, y, z) in mm")
@@ -344,9 +358,7 @@ def grow_lesion(
     region = _clean(_drop_ramps(region, roi.array, band), seed_ball, allowed=allowed)
     _check_leak(region, crop, image, roi.voxel_volume_mm3, options)
 
-    full = np.zeros(image.array.shape, dtype=np.uint8)
-    full[crop.slices] = region
-    mask = image.with_array(full, modality="LABEL")
+    mask = image.with_array(_on_study_grid(region, crop, image.array.shape), modality="LABEL")
     return LesionResult(
         mask=replace(mask, meta={"source": "grow_lesion", "mode": mode, "band": list(band)}),
         mode_used=mode,
@@ -453,7 +465,7 @@ class _Grower:
         self._seed_ball = seed_ball
         self._seed_kji = np.argwhere(seed_ball)
         self._seed_values = values[seed_ball]
-        self._image = self._image_for(allowed)
+        self._image: sitk.Image | None = self._image_for(allowed)
 
     def _image_for(self, allowed: np.ndarray | None) -> sitk.Image:
         grow = self.values.astype(np.float32, copy=True)
@@ -473,7 +485,13 @@ class _Grower:
         With ``clean``, thin leaks are cut and holes filled (:func:`_clean`).
         """
         lo, hi = float(band[0]), float(band[1])
-        image = self._image if allowed is None else self._image_for(allowed)
+        if allowed is None:
+            if self._image is None:
+                self._image = self._image_for(self.allowed)
+            image = self._image
+        else:  # the cached image is dropped first: two ROI-sized images would be held
+            self._image = None
+            image = self._image_for(allowed)
         ok = (self._seed_values >= lo) & (self._seed_values <= hi)
         mask = self.allowed if allowed is None else allowed
         if mask is not None:
@@ -619,7 +637,10 @@ def _mixed_marrow_outline(
         .reshape(-1, 3)
         .T
     )
-    like = np.abs(raw.astype(np.float32) - level) <= _RADIAL_K * noise
+    like = raw.astype(np.float32)
+    like -= np.float32(level)
+    np.abs(like, out=like)
+    like = like <= _RADIAL_K * noise
     if envelope is not None:
         like &= envelope
     profiles = _cone_weights() @ ndi.map_coordinates(
@@ -686,7 +707,12 @@ def _pair_noise(raw: np.ndarray, where: np.ndarray) -> float:
     pulls the spread of the values themselves. Robust (1.4826 MAD of the differences, which
     are centred on zero), at least the CT noise floor.
     """
-    x = raw.astype(np.float64, copy=False)
+    nz = [np.flatnonzero(where.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
+    if not len(nz[0]):
+        return _RADIAL_MIN_NOISE_HU
+    box = tuple(slice(int(n[0]), int(n[-1]) + 1) for n in nz)  # only where ``where`` is
+    x = raw[box].astype(np.float64)
+    where = where[box]
     diffs = []
     for axis in range(3):
         lo = [slice(None)] * 3
@@ -839,8 +865,7 @@ def _radial_result(
             f"{outline.noise:.0f} HU) has the lesion's density, so its edge was found where "
             "the share of lesion-like voxels drops, along rays from the seed: check the outline"
         )
-    full = np.zeros(image.array.shape, dtype=np.uint8)
-    full[crop.slices] = outline.region
+    full = _on_study_grid(outline.region, crop, image.array.shape)
     mask = image.with_array(full, modality="LABEL")
     meta = {"source": "grow_lesion", "mode": "lytic", "band": list(band), "outline": "radial"}
     return LesionResult(
@@ -1084,6 +1109,17 @@ def _check_leak(
 
 
 # -- preparation -------------------------------------------------------------------------------
+def _on_study_grid(region: np.ndarray, crop: Crop, shape: tuple[int, ...]) -> np.ndarray:
+    """The ROI region as a uint8 mask on the study grid (memory taken only around it)."""
+    full = sparse_zeros(shape, np.uint8)
+    nz = [np.flatnonzero(region.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
+    if len(nz[0]):
+        box = tuple(slice(int(n[0]), int(n[-1]) + 1) for n in nz)
+        at = tuple(slice(o + b.start, o + b.stop) for o, b in zip(crop.lo, box, strict=True))
+        full[at] = region[box]
+    return full
+
+
 def _smooth(array: np.ndarray, sigma_voxels: float) -> np.ndarray:
     values = np.asarray(array, dtype=np.float32)
     if sigma_voxels <= 0:
@@ -1106,10 +1142,16 @@ def _ball_mask(
 ) -> np.ndarray:
     """Voxels within ``r_mm`` of a voxel centre, always with its six face neighbours."""
     sp = np.asarray(spacing, dtype=np.float64)[::-1]
-    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    # only the ball's bounding box is evaluated (the ROI can hold tens of millions of voxels)
+    reach = np.maximum(np.floor(r_mm / sp).astype(int), 1)
+    lo = [max(int(c) - int(r), 0) for c, r in zip(center_kji, reach, strict=True)]
+    hi = [min(int(c) + int(r) + 1, n) for c, r, n in zip(center_kji, reach, shape, strict=True)]
+    grids = np.ogrid[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))]
     d2 = sum(((g - c) * s) ** 2 for g, c, s in zip(grids, center_kji, sp, strict=True))
     steps = sum(np.abs(g - c) for g, c in zip(grids, center_kji, strict=True))
-    return np.asarray((d2 <= r_mm**2) | (steps <= 1))
+    out = np.zeros(shape, dtype=bool)
+    out[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = (d2 <= r_mm**2) | (steps <= 1)
+    return out
 
 
 def _choose_mode(requested: str, *, is_ct: bool, seed_value: float) -> str:

@@ -113,7 +113,18 @@ def mask_on_grid(mask: Volume, reference: Volume) -> np.ndarray:
     """
     if mask.same_grid(reference):
         return np.asarray(mask.array) > 0
-    src = mask.with_array((np.asarray(mask.array) > 0).astype(np.uint8)).to_sitk()
+    # only the block of ``mask`` under the reference grid (plus a voxel) is resampled
+    k, j, i = reference.array.shape
+    corners = np.array([[a, b, c] for a in (0, i - 1) for b in (0, j - 1) for c in (0, k - 1)])
+    ijk = mask.world_to_index(reference.index_to_world(corners.astype(np.float64)))
+    size = np.asarray(mask.size)
+    lo = np.clip(np.floor(ijk.min(axis=0)).astype(int) - 1, 0, size)
+    hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + 2, 0, size)
+    if np.any(hi <= lo):
+        return np.zeros(reference.array.shape, dtype=bool)
+    block = np.asarray(mask.array)[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]] > 0
+    origin = mask.index_to_world(lo.astype(np.float64))
+    src = replace(mask, array=block.astype(np.uint8), origin=origin).to_sitk()
     ref = sitk.Image(list(reference.size), sitk.sitkUInt8)
     ref.SetOrigin(tuple(float(v) for v in reference.origin))
     ref.SetSpacing(tuple(float(v) for v in reference.spacing))

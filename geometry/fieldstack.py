@@ -76,8 +76,12 @@ def quantize_mm(values_mm: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _quantize_all(channels: numba.typed.List, out: np.ndarray, fill: int) -> np.ndarray:
+def _quantize_all(channels: tuple, out: np.ndarray, fill: int) -> np.ndarray:
     """``out[..., c] = quantize_mm(channels[c])`` for every channel, ``fill`` in the padding.
+
+    ``channels`` is a tuple of float32 C-contiguous arrays (a homogeneous tuple compiles once
+    per channel count and is cached on disk; a ``numba.typed.List`` would compile its own
+    methods in every process).
 
     Slice by slice (one output slice stays in cache while its channels are written), in
     parallel over slices. Returns the count of non-finite values per channel (those voxels are
@@ -298,7 +302,7 @@ def build_field_stack(
             roles[name] = add(field, name, role)
     padded = padded_channels(len(fields))
     values = np.empty(sacrum.values.shape + (padded,), dtype=np.int16)
-    channels = numba.typed.List([np.ascontiguousarray(f.values, dtype=np.float32) for f in fields])
+    channels = tuple(np.ascontiguousarray(f.values, dtype=np.float32) for f in fields)
     bad = _quantize_all(channels, values, int(quantize_mm(np.array(EMPTY_DISTANCE_MM))))
     for c in np.nonzero(bad)[0]:
         raise ValueError(f"the {names[c]} distance field has non-finite values")

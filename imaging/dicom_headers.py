@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import re
 import stat
 import struct
 import warnings
@@ -25,7 +26,9 @@ from typing import IO, Any
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileDataset
 from pydicom.uid import UID
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
@@ -407,8 +410,11 @@ def _check_deflated_size(stream: IO[bytes]) -> None:
     limit = _GZIP_MAX_BYTES
     try:
         stream.seek(0)
-        head = stream.read(1 << 16)
+        head = stream.read(4096)  # the file meta group of nearly every file
         offset, syntax = _file_meta_end(head)
+        if offset + 12 > len(head) == 4096:  # a long file meta group: read up to 64 KiB
+            head += stream.read((1 << 16) - len(head))
+            offset, syntax = _file_meta_end(head)
         if syntax not in DEFLATED_TS:
             return
         stream.seek(offset)
@@ -482,9 +488,99 @@ def _short(exc: BaseException, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# -- header values read straight from the raw bytes ------------------------------------------------
+# pydicom converts a value on first access (tag lookup, value classes, validation); for the few
+# dozen values a record needs that is most of the time a scan takes. ``_get`` decodes the
+# common, unambiguous encodings itself and returns plain values that the helpers below turn
+# into exactly what they make of pydicom's (``_text``, ``_number``, ``_numbers``, ``_int_or``);
+# anything else (an odd VR, a character set, big-endian binary, a value it does not recognise)
+# goes through ``Dataset.get``.
+_SLOW = object()
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
+# (bounded digits: every number these match is finite as a float)
+_DS_ITEM = re.compile(
+    rb" *[+-]?(?:[0-9]{1,24}(?:\.[0-9]{0,24})?|\.[0-9]{1,24})(?:[eE][+-]?[0-9]{1,2})? *"
+)
+_IS_ITEM = re.compile(rb" *[+-]?[0-9]{1,12} *")
+_ASCII_VRS = frozenset({"CS", "UI", "DA", "TM", "AS"})
+_CHARSET_VRS = frozenset({"LO", "SH", "PN"})
+#: Specific Character Sets that decode printable ASCII bytes as themselves.
+_PLAIN_CHARSETS = frozenset(
+    {b"", b"ISO_IR 6", b"ISO_IR 100", b"ISO_IR 101", b"ISO_IR 109", b"ISO_IR 110", b"ISO_IR 192"}
+)
+_CHARSET_TAG = 0x00080005
+_FAST_TAGS: dict[str, tuple[int, str]] = {}
+
+
+def _fast_tag(keyword: str) -> tuple[int, str] | None:
+    entry = _FAST_TAGS.get(keyword)
+    if entry is None:
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            return None
+        entry = _FAST_TAGS[keyword] = (tag, dictionary_VR(tag))
+    return entry
+
+
+def _get(ds: Any, keyword: str) -> Any:
+    """``ds.get(keyword)``, as a plain value where the raw bytes are unambiguous.
+
+    US: ``int``; DS and IS: the stripped text (a list of them when multi-valued); CS, UI,
+    DA, TM, AS: the text without trailing padding (a list when a CS is multi-valued); LO,
+    SH, PN: the text without trailing padding when the data set's character set reads
+    printable ASCII as itself. Otherwise whatever ``ds.get`` returns.
+    """
+    fast = _fast_get(ds, keyword) if isinstance(ds, Dataset) else _SLOW
+    return ds.get(keyword) if fast is _SLOW else fast
+
+
+def _fast_get(ds: Dataset, keyword: str) -> Any:
+    entry = _fast_tag(keyword)
+    if entry is None:
+        return _SLOW
+    tag, vr = entry
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    if not isinstance(elem, RawDataElement) or elem.VR not in (None, vr) or elem.value is None:
+        return _SLOW
+    value = elem.value
+    if vr == "US":
+        if len(value) == 2 and elem.is_little_endian:
+            return int.from_bytes(value, "little")
+        return _SLOW
+    value = value.rstrip(b"\0 ")
+    if not _PRINTABLE.fullmatch(value):
+        return _SLOW
+    if vr in ("DS", "IS"):
+        item = _DS_ITEM if vr == "DS" else _IS_ITEM
+        items = value.split(b"\\")
+        if not value or not all(item.fullmatch(v) for v in items):
+            return "" if not value else _SLOW
+        texts = [v.strip(b" ").decode("ascii") for v in items]
+        return texts[0] if len(texts) == 1 else texts
+    if b"\\" in value:
+        return value.decode("ascii").split("\\") if vr == "CS" else _SLOW
+    if vr in _ASCII_VRS:
+        return value.decode("ascii")
+    if vr in _CHARSET_VRS and isinstance(ds, FileDataset) and _plain_charset(ds):
+        return value.decode("ascii")
+    return _SLOW
+
+
+def _plain_charset(ds: Dataset) -> bool:
+    elem = ds.get_item(_CHARSET_TAG)
+    if elem is None:
+        return True
+    value = getattr(elem, "value", None)
+    if isinstance(elem, RawDataElement) and isinstance(value, bytes):
+        return value.strip(b"\0 ") in _PLAIN_CHARSETS
+    return isinstance(value, str) and value.strip().encode("ascii", "replace") in _PLAIN_CHARSETS
+
+
 def _text(ds: Dataset, keyword: str) -> str:
     try:
-        value = ds.get(keyword)
+        value = _get(ds, keyword)
     except Exception:
         return ""
     if value is None:
@@ -656,14 +752,14 @@ def _layout(ds: Dataset, transfer_syntax: str, container: str, pixel: _PixelElem
         sop = _sop_class(ds)
         what = _describe_sop(sop) if sop else (_text(ds, "Modality") or "DICOM object")
         raise NotLoadableError(f"{what} without pixel data")
-    rows = _int_or(ds.get("Rows"), None)
-    cols = _int_or(ds.get("Columns"), None)
-    bits = _int_or(ds.get("BitsAllocated"), None)
+    rows = _int_or(_get(ds, "Rows"), None)
+    cols = _int_or(_get(ds, "Columns"), None)
+    bits = _int_or(_get(ds, "BitsAllocated"), None)
     if not rows or not cols or not bits:
         raise NotLoadableError(
             "image header lacks Rows, Columns or Bits Allocated (incomplete header)"
         )
-    samples = _int_or(ds.get("SamplesPerPixel"), 1)
+    samples = _int_or(_get(ds, "SamplesPerPixel"), 1)
     photometric = _text(ds, "PhotometricInterpretation").upper() or "MONOCHROME2"
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise NotLoadableError(
@@ -676,7 +772,7 @@ def _layout(ds: Dataset, transfer_syntax: str, container: str, pixel: _PixelElem
         if pixel.encapsulated:
             raise NotLoadableError("compressed pixel data but no Transfer Syntax UID to decode it")
         transfer_syntax = "1.2.840.10008.1.2.1"
-    n_frames = _int_or(ds.get("NumberOfFrames"), None)
+    n_frames = _int_or(_get(ds, "NumberOfFrames"), None)
     if "NumberOfFrames" in ds and n_frames is None:
         raise NotLoadableError(f"invalid Number of Frames {_text(ds, 'NumberOfFrames')!r}")
     n_frames = max(1, n_frames or 1)
@@ -687,8 +783,8 @@ def _layout(ds: Dataset, transfer_syntax: str, container: str, pixel: _PixelElem
         columns=cols,
         n_frames=n_frames,
         bits_allocated=bits,
-        bits_stored=_int_or(ds.get("BitsStored"), bits) or bits,
-        pixel_representation=_int_or(ds.get("PixelRepresentation"), 0) or 0,
+        bits_stored=_int_or(_get(ds, "BitsStored"), bits) or bits,
+        pixel_representation=_int_or(_get(ds, "PixelRepresentation"), 0) or 0,
         photometric=photometric,
         encapsulated=pixel.encapsulated,
         container=container,
@@ -743,11 +839,11 @@ def _check_pixel_length(layout: PixelLayout, pixel: _PixelElement) -> None:
 def _frame_records(path: str, ds: Dataset, layout: PixelLayout) -> list[ImageRecord]:
     base = _base_record(path, ds, layout)
     if layout.n_frames == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
-        base.position = _numbers(ds.get("ImagePositionPatient"), 3)
-        base.orientation = _numbers(ds.get("ImageOrientationPatient"), 6, limit=MAX_COSINE)
+        base.position = _numbers(_get(ds, "ImagePositionPatient"), 3)
+        base.orientation = _numbers(_get(ds, "ImageOrientationPatient"), 6, limit=MAX_COSINE)
         return [base]
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = _get(ds, "PerFrameFunctionalGroupsSequence")
+    shared = _get(ds, "SharedFunctionalGroupsSequence")
     if per_frame is not None or shared is not None:
         return _enhanced_records(base, ds, per_frame, shared)
     return _legacy_multiframe_records(base, ds)
@@ -757,7 +853,7 @@ def _base_record(path: str, ds: Dataset, layout: PixelLayout) -> ImageRecord:
     slope, slope_notes = _rescale(ds, "Slope")
     intercept, intercept_notes = _rescale(ds, "Intercept")
     series_uid: str | None = _text(ds, "SeriesInstanceUID") if "SeriesInstanceUID" in ds else None
-    spacing = _numbers(ds.get("PixelSpacing"), 2)
+    spacing = _numbers(_get(ds, "PixelSpacing"), 2)
     record = ImageRecord(
         path=path,
         frame=0,
@@ -769,7 +865,7 @@ def _base_record(path: str, ds: Dataset, layout: PixelLayout) -> ImageRecord:
         frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
         modality=_text(ds, "Modality").upper() or "OT",
         series_description=_text(ds, "SeriesDescription"),
-        series_number=_int_or(ds.get("SeriesNumber"), None),
+        series_number=_int_or(_get(ds, "SeriesNumber"), None),
         patient_name=_text(ds, "PatientName"),
         patient_id=_text(ds, "PatientID"),
         study_date=_text(ds, "StudyDate"),
@@ -780,9 +876,9 @@ def _base_record(path: str, ds: Dataset, layout: PixelLayout) -> ImageRecord:
         temporal_index=_text(ds, "TemporalPositionIdentifier"),
         trigger_time=_text(ds, "TriggerTime"),
         pixel_spacing=_spacing_pair(spacing),
-        slice_thickness=_positive(ds.get("SliceThickness")),
-        spacing_between_slices=_positive(ds.get("SpacingBetweenSlices")),
-        gantry_tilt_deg=_number(ds.get("GantryDetectorTilt")),
+        slice_thickness=_positive(_get(ds, "SliceThickness")),
+        spacing_between_slices=_positive(_get(ds, "SpacingBetweenSlices")),
+        gantry_tilt_deg=_number(_get(ds, "GantryDetectorTilt")),
         slope=slope if slope not in (None, 0.0) else 1.0,
         intercept=intercept if intercept is not None else 0.0,
         has_rescale=slope is not None or intercept is not None,
@@ -824,7 +920,7 @@ def _rescale(ds: Any, name: str) -> tuple[float | None, list[str]]:
         present = keyword in ds and _text(ds, keyword) != ""
     except Exception:
         present = False
-    value = _number(ds.get(keyword)) if present else None
+    value = _number(_get(ds, keyword)) if present else None
     notes: list[str] = []
     if present and value is None:
         default = "1" if name == "Slope" else "0"
@@ -873,20 +969,20 @@ def _enhanced_records(
         measures = lookup("PixelMeasuresSequence")
         transform = lookup("PixelValueTransformationSequence")
         content = _group_item(frame_item, "FrameContentSequence")
-        rec.position = _numbers(plane_pos.get("ImagePositionPatient"), 3) if plane_pos else None
+        rec.position = _numbers(_get(plane_pos, "ImagePositionPatient"), 3) if plane_pos else None
         rec.orientation = (
-            _numbers(plane_ori.get("ImageOrientationPatient"), 6, limit=MAX_COSINE)
+            _numbers(_get(plane_ori, "ImageOrientationPatient"), 6, limit=MAX_COSINE)
             if plane_ori
             else None
         )
         if rec.orientation is None:
-            rec.orientation = _numbers(ds.get("ImageOrientationPatient"), 6, limit=MAX_COSINE)
+            rec.orientation = _numbers(_get(ds, "ImageOrientationPatient"), 6, limit=MAX_COSINE)
         if measures is not None:
-            spacing = _spacing_pair(_numbers(measures.get("PixelSpacing"), 2))
+            spacing = _spacing_pair(_numbers(_get(measures, "PixelSpacing"), 2))
             rec.pixel_spacing = spacing or rec.pixel_spacing
-            rec.slice_thickness = _positive(measures.get("SliceThickness")) or rec.slice_thickness
+            rec.slice_thickness = _positive(_get(measures, "SliceThickness")) or rec.slice_thickness
             rec.spacing_between_slices = (
-                _positive(measures.get("SpacingBetweenSlices")) or rec.spacing_between_slices
+                _positive(_get(measures, "SpacingBetweenSlices")) or rec.spacing_between_slices
             )
         if transform is not None:
             slope, _ = _rescale(transform, "Slope")
@@ -916,11 +1012,11 @@ def _legacy_multiframe_records(
     """Frames without per-frame positions: stack them in file order along the normal."""
     n = base.layout.n_frames
     records = records or [_copy_record(base, f) for f in range(n)]
-    origin = _numbers(ds.get("ImagePositionPatient"), 3)
+    origin = _numbers(_get(ds, "ImagePositionPatient"), 3)
     iop = records[0].orientation
     if iop is None:
-        iop = _numbers(ds.get("ImageOrientationPatient"), 6, limit=MAX_COSINE)
-    offsets = _numbers(ds.get("GridFrameOffsetVector"), n) if n > 1 else np.zeros(1)
+        iop = _numbers(_get(ds, "ImageOrientationPatient"), 6, limit=MAX_COSINE)
+    offsets = _numbers(_get(ds, "GridFrameOffsetVector"), n) if n > 1 else np.zeros(1)
     name = os.path.basename(base.path)
     notes: list[str] = []
     if iop is None:

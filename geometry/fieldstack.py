@@ -109,6 +109,25 @@ def _quantize_all(channels: tuple, out: np.ndarray, fill: int) -> np.ndarray:
     return bad.sum(axis=0)
 
 
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _quantize_channel(src: np.ndarray, out: np.ndarray, c: int) -> int:
+    """``out[..., c] = quantize_mm(src)`` (float32, C-contiguous ``src``), in parallel over
+    slices. Returns the count of non-finite values (those voxels are left incomplete)."""
+    nk, nj, ni, _ = out.shape
+    scale = 1.0 / QUANTUM_MM
+    bad = np.zeros(nk, dtype=np.int64)
+    for k in numba.prange(nk):
+        for j in range(nj):
+            for i in range(ni):
+                v = np.float64(src[k, j, i])
+                if not math.isfinite(v):
+                    bad[k] += 1
+                    continue
+                q = min(max(math.floor(v * scale), -32767.0), 32767.0)
+                out[k, j, i, c] = np.int16(q)
+    return bad.sum()
+
+
 @dataclass(frozen=True, eq=False)
 class FieldStack:
     """Distance fields of the structures a needle is scored against, on one grid.
@@ -216,14 +235,22 @@ class FieldStack:
         extra = 0 if self.foramen_nearest is None else self.foramen_nearest.nbytes
         return int(self.values.nbytes + extra)
 
-    def channel_mm(self, channel: int) -> np.ndarray:
+    def channel_mm(self, channel: int, box: tuple[slice, ...] = ()) -> np.ndarray:
         """The stored values of one channel, in mm.
+
+        Parameters
+        ----------
+        channel : int
+        box : tuple of slices, optional
+            ``[k, j, i]`` slices: only that part of the grid is converted.
 
         Returns
         -------
         (K, J, I) float32 ndarray, mm
+            The box's shape when ``box`` is given.
         """
-        return self.values[..., channel].astype(np.float32) * np.float32(QUANTUM_MM)
+        part = self.values[(*box, Ellipsis, channel)] if box else self.values[..., channel]
+        return part.astype(np.float32) * np.float32(QUANTUM_MM)
 
     def index_from_world(self) -> np.ndarray:
         """(3, 4) affine from world points (mm, LPS) to continuous ``(i, j, k)`` indices."""
@@ -324,3 +351,132 @@ def build_field_stack(
         lesion=roles.get("lesion", -1),
         exact_within_mm=min(f.exact_within_mm for f in fields),
     )
+
+
+#: Role of each named structure of a stack (foramina are added with ``add_foramen``).
+_STRUCTURE_ROLES = {
+    "sacrum": TRACK_SIGN,
+    "canal": TRACK_MIN,
+    "pelvic_side": TRACK_MIN,
+    "si_joint": TRACK_MIN,
+    "ilium": TRACK_SIGN,
+    "lesion": TRACK_SIGN,
+}
+
+
+class FieldStackBuilder:
+    """A :class:`FieldStack` filled one field at a time, for bounded memory.
+
+    Each distance field is quantized into the stack as soon as it is added, so the caller can
+    drop it before computing the next one: only the int16 stack and one float32 field are alive
+    at once (:func:`build_field_stack` needs every field at the same time). The result is the
+    same as :func:`build_field_stack` with the fields in the order they were added.
+
+    Parameters
+    ----------
+    shape : (3,) int
+        Grid shape ``(K, J, I)``.
+    origin : (3,) float ndarray, mm, LPS
+    spacing : (3,) float ndarray, mm
+    direction : (3, 3) float ndarray
+        Grid geometry, as for :class:`~geometry.distance.DistanceField`.
+    n_channels : int
+        How many fields will be added (sets the stored channel width; adding fewer works too,
+        at the cost of one copy in :meth:`build`).
+
+    Raises
+    ------
+    ValueError
+        More than ``MAX_CHANNELS`` channels.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, int, int],
+        origin: np.ndarray,
+        spacing: np.ndarray,
+        direction: np.ndarray,
+        n_channels: int,
+    ) -> None:
+        self._values = np.empty(tuple(shape) + (padded_channels(n_channels),), dtype=np.int16)
+        self._origin = np.asarray(origin, dtype=np.float64).reshape(3)
+        self._spacing = np.asarray(spacing, dtype=np.float64).reshape(3)
+        self._direction = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+        self._names: list[str] = []
+        self._track: list[int] = []
+        self._roles: dict[str, int] = {}
+        self._foramen_names: list[str] = []
+        self._foramen_channels: list[int] = []
+        self._exact = math.inf
+
+    def _put(self, field: DistanceField, name: str, role: int) -> int:
+        c = len(self._names)
+        if c >= self._values.shape[3]:
+            raise ValueError(f"the stack was made for {c} channels; {name} is one too many")
+        if field.values.shape != self._values.shape[:3] or not (
+            np.allclose(field.origin, self._origin, atol=1e-3)
+            and np.allclose(field.spacing, self._spacing, atol=1e-3)
+            and np.allclose(field.direction, self._direction, atol=1e-6)
+        ):
+            raise ValueError(f"the {name} distance field is not on the stack's grid")
+        src = np.ascontiguousarray(field.values, dtype=np.float32)
+        if _quantize_channel(src, self._values, c):
+            raise ValueError(f"the {name} distance field has non-finite values")
+        self._names.append(name)
+        self._track.append(role)
+        self._exact = min(self._exact, float(field.exact_within_mm))
+        return c
+
+    def add(self, structure: str, field: DistanceField) -> int:
+        """Quantize the field of ``structure`` into the next channel; returns the channel.
+
+        ``structure`` is one of ``sacrum``, ``canal``, ``pelvic_side``, ``si_joint``,
+        ``ilium``, ``lesion`` (roles as in :func:`build_field_stack`).
+        """
+        if structure not in _STRUCTURE_ROLES:
+            raise ValueError(f"unknown structure {structure!r}")
+        if structure in self._roles:
+            raise ValueError(f"the {structure} field was added already")
+        self._roles[structure] = self._put(field, structure, _STRUCTURE_ROLES[structure])
+        return self._roles[structure]
+
+    def add_foramen(self, name: str, field: DistanceField) -> int:
+        """Quantize the field of the foramen ``name`` (e.g. ``"left S1"``) into the next channel."""
+        c = self._put(field, f"foramen {name}", TRACK_MIN)
+        self._foramen_names.append(name)
+        self._foramen_channels.append(c)
+        return c
+
+    def build(self) -> FieldStack:
+        """The stack (the builder must not be used afterwards).
+
+        Raises
+        ------
+        ValueError
+            No sacrum field was added.
+        """
+        if "sacrum" not in self._roles:
+            raise ValueError("a field stack needs the sacrum's field")
+        n = len(self._names)
+        values = self._values
+        if values.shape[3] != padded_channels(n):
+            values = np.ascontiguousarray(values[..., : padded_channels(n)])
+        values[..., n:] = quantize_mm(np.array(EMPTY_DISTANCE_MM))
+        self._values = np.empty((0, 0, 0, 1), dtype=np.int16)
+        return FieldStack(
+            values=values,
+            channel_names=tuple(self._names),
+            track=np.array(self._track, dtype=np.uint8),
+            origin=self._origin,
+            spacing=self._spacing,
+            direction=self._direction,
+            foramen_names=tuple(self._foramen_names),
+            foramen_channels=tuple(self._foramen_channels),
+            canal=self._roles.get("canal", -1),
+            sacrum=self._roles["sacrum"],
+            pelvic_side=self._roles.get("pelvic_side", -1),
+            si_joint=self._roles.get("si_joint", -1),
+            ilium=self._roles.get("ilium", -1),
+            lesion=self._roles.get("lesion", -1),
+            exact_within_mm=self._exact,
+        )

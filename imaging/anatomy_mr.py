@@ -144,6 +144,9 @@ class MrAnatomyParams:
     channel_fraction : float
         A narrow enclosed component with at least this fraction of marrow in the band
         around it is the fat of a channel (canal, foramen), not a piece of bone.
+    channel_max_ml : float
+        Enclosed components wide enough for a core but smaller than this are checked the
+        same way (the lower sacral canal's fat, a wide foramen).
     plate_mm : float
         Bright tissue too thin for the erosion (iliac wings) is marrow where thin dark
         voxels lie within this distance on both sides along a grid axis.
@@ -191,6 +194,7 @@ class MrAnatomyParams:
     leak_fraction: float = 0.03
     beyond_mm: tuple[float, float] = (2.0, 5.0)
     channel_fraction: float = 0.5
+    channel_max_ml: float = 20.0
     plate_mm: float = 3.0
     unmix_margin: float = 0.08
     gap_mm: float = 6.0
@@ -611,6 +615,17 @@ def _marrow(
         big = sizes * float(np.prod(spacing)) >= 1000.0 * p.min_piece_ml
         keep |= pieces & joined & big & (around < p.channel_fraction)
         channel = pieces & (around >= p.channel_fraction)
+    # a channel wide enough to hold a core (the lower sacral canal's epidural fat below the
+    # thecal sac) is enclosed too, but has the marrow of other pieces all around it
+    small = keep & (np.bincount(grown.ravel(), minlength=count + 1) * vox_ml < p.channel_max_ml)
+    if small.any():
+        marrow = keep[grown] | leaked
+        around = _fraction_around(
+            np.where(small[grown], grown, 0), marrow, count, spacing, params=p
+        )
+        wide = small & (around >= p.channel_fraction)
+        keep &= ~wide
+        channel |= wide
     kept = np.where(keep[grown], grown, 0)
     if leaked.any():
         kept = np.where(leaked & (kept == 0), count + 1, kept)
@@ -786,6 +801,9 @@ def _to_hu(t: _Tissues, *, spacing: np.ndarray, params: MrAnatomyParams) -> np.n
     hu[~body] = _HU_AIR
     hu[bright] = _HU_FAT
     fluid = dark & thick & ~cortex
+    # the thin dark end of a fluid space that is no cortex (the tapering end of the thecal
+    # sac) is fluid too, not soft tissue: as muscle it would plug the canal
+    fluid |= dark & ~thick & ~cortex & _dilate_box(fluid, (1, 1, 1))
     local = ndi.uniform_filter(n, size=3)
     hu[fluid] = np.where(local[fluid] < p.gas, _HU_AIR, _HU_FLUID)
     # between cortex and marrow, and between two cortical plates: bone whose intensity is

@@ -1,4 +1,4 @@
-"""The lumbar spinal canal above the sacrum, followed slice by slice in CT.
+"""The lumbar spinal canal above the sacrum, followed slice by slice in CT or T1 MR.
 
 The anatomy segmentation finds the canal only inside the sacrum (where closing the sacrum mask
 encloses it). A needle passing behind S1 or beside L5 must keep its margin from the canal above
@@ -39,6 +39,33 @@ SEED_MM = 8.0
 SEARCH_MM = 30.0
 
 
+#: T1-weighted MR: bands of the canal contents and of its rim as fractions of the fat level
+#: (the crop's 98th intensity percentile). CSF is dark (~0.1), like cortex, which the
+#: opening and the rim rule leave at the canal's edge (errs on the safe side); epidural fat
+#: and marrow are bright (0.85-1), muscle ~0.35-0.4.
+MR_CANAL_BAND = (-np.inf, 0.25)
+MR_RIM_BAND = (-np.inf, 0.5)
+
+
+def _bands(
+    image: Volume, canal: np.ndarray
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """Canal and rim intensity bands for the image's modality (None: not CT, not MR)."""
+    modality = image.modality.upper()
+    if modality == "CT":
+        return CANAL_HU, RIM_HU
+    if modality != "MR":
+        return None
+    values = np.asarray(image.array)[:: max(1, image.array.shape[0] // 32)]
+    fat = float(np.percentile(values, 98.0))
+    if not fat > 0:
+        return None
+    return (
+        (MR_CANAL_BAND[0], MR_CANAL_BAND[1] * fat),
+        (MR_RIM_BAND[0], MR_RIM_BAND[1] * fat),
+    )
+
+
 def _head_axis(grid: Volume) -> tuple[int, int]:
     """Array axis (0..2 of [k, j, i]) closest to LPS +z, and +1/-1 for its headward sense."""
     zc = grid.direction[2, :]  # LPS z component of the i, j, k axes
@@ -54,7 +81,7 @@ def follow_lumbar_canal(
     Parameters
     ----------
     image : Volume
-        CT (HU) on the grid of ``sacral_canal``.
+        CT (HU), or T1-weighted MR, on the grid of ``sacral_canal``.
     sacral_canal : (K, J, I) bool ndarray
         The canal inside the sacrum.
     length_mm : float
@@ -63,12 +90,14 @@ def follow_lumbar_canal(
     Returns
     -------
     (K, J, I) bool ndarray
-        ``sacral_canal`` plus the lumbar canal above it. Unchanged when the image is not CT
-        or the canal is empty.
+        ``sacral_canal`` plus the lumbar canal above it. Unchanged when the image is neither
+        CT nor MR, or the canal is empty.
     """
     canal = np.asarray(sacral_canal, dtype=bool)
-    if not canal.any() or image.modality.upper() != "CT":
+    bands = _bands(image, canal)
+    if not canal.any() or bands is None:
         return canal
+    canal_band, rim_band = bands
     axis, sense = _head_axis(image)
     vol = np.moveaxis(np.asarray(image.array), axis, 0)
     mask = np.moveaxis(canal, axis, 0)
@@ -96,8 +125,8 @@ def follow_lumbar_canal(
     slab = vol[start + 1 : stop, r0:r1, c0:c1].astype(np.float32)
     sigma = SMOOTH_MM / np.array([through, *in_plane])
     smooth = ndi.gaussian_filter(slab, sigma)
-    fluid = (smooth >= CANAL_HU[0]) & (smooth <= CANAL_HU[1])
-    rim_ok = (smooth >= RIM_HU[0]) & (smooth <= RIM_HU[1])
+    fluid = (smooth >= canal_band[0]) & (smooth <= canal_band[1])
+    rim_ok = (smooth >= rim_band[0]) & (smooth <= rim_band[1])
     drift = max(DRIFT_MM, through, 2.0 * float(np.max(in_plane)))
     reach = np.ceil(drift / in_plane).astype(int)
     yy, xx = np.mgrid[-reach[0] : reach[0] + 1, -reach[1] : reach[1] + 1]

@@ -194,9 +194,10 @@ class Case:
         """
         assert self.lesion is not None and self.anatomy is not None
         mask = self.lesion.mask
-        kji = np.argwhere(mask.array > 0)
-        lo = np.maximum(kji.min(axis=0) - 2, 0)
-        hi = np.minimum(kji.max(axis=0) + 3, mask.array.shape)
+        # the lesion's bounding box, without a study-sized temporary
+        nz = [np.flatnonzero(mask.array.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
+        lo = np.maximum(np.array([n[0] for n in nz]) - 2, 0)
+        hi = np.minimum(np.array([n[-1] for n in nz]) + 3, mask.array.shape)
         kk, jj, ii = np.meshgrid(
             *(np.arange(a, b) for a, b in zip(lo, hi, strict=True)), indexing="ij"
         )

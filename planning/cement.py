@@ -353,6 +353,68 @@ def _spacing_zyx(spacing_xyz: object) -> np.ndarray:
     return sp[::-1]
 
 
+def cement_margin_voxels(spacing_xyz: np.ndarray, *, shell_mm: float | None = None) -> np.ndarray:
+    """How far (voxels, ``[k, j, i]``) :func:`cement_box` reaches beyond the lesion's voxels.
+
+    Parameters
+    ----------
+    spacing_xyz : (3,) float ndarray, mm
+        Voxel spacing in ``(x, y, z)`` order.
+    shell_mm : float, optional, keyword-only
+        Shell thickness, mm (default from ``resources/cement.json``).
+
+    Returns
+    -------
+    (3,) int ndarray
+
+    Raises
+    ------
+    PlanningParameterError
+        The spacing or shell is not valid.
+    """
+    shell = _rules().shell_mm if shell_mm is None else require_number(shell_mm, "shell (mm)", low=0)
+    return np.ceil(shell / _spacing_zyx(spacing_xyz)).astype(int) + 1
+
+
+def cement_box(
+    lesion_mask: np.ndarray, spacing_xyz: np.ndarray, *, shell_mm: float | None = None
+) -> tuple[slice, slice, slice]:
+    """The part of the grid :func:`geometric_cement_cap` reads: the lesion's bounding box grown
+    by the shell (plus one voxel), clipped to the grid.
+
+    Callers holding large keep-out fields can pass only this box of them (with the lesion and
+    bone masks cut the same way): the cap is the same.
+
+    Parameters
+    ----------
+    lesion_mask : (K, J, I) bool ndarray
+        Lesion voxels, indexed ``[k, j, i]``; not empty.
+    spacing_xyz : (3,) float ndarray, mm
+        Voxel spacing in ``(x, y, z)`` order.
+    shell_mm : float, optional, keyword-only
+        Shell thickness, mm (default from ``resources/cement.json``).
+
+    Returns
+    -------
+    tuple of 3 slices
+        ``[k, j, i]`` slices of the box.
+
+    Raises
+    ------
+    PlanningParameterError
+        The lesion is empty, or the spacing or shell is not valid.
+    """
+    lesion = np.asarray(lesion_mask, dtype=bool)
+    if lesion.ndim != 3 or not lesion.any():
+        raise PlanningParameterError("the lesion mask is empty; segment the lesion first")
+    pad = cement_margin_voxels(spacing_xyz, shell_mm=shell_mm)
+    idx = np.nonzero(lesion)
+    lo = np.maximum(np.array([a.min() for a in idx]) - pad, 0)
+    hi = np.minimum(np.array([a.max() for a in idx]) + pad + 1, lesion.shape)
+    k, j, i = (slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    return (k, j, i)
+
+
 def geometric_cement_cap(
     lesion_mask: np.ndarray,
     spacing_xyz: np.ndarray,
@@ -423,12 +485,7 @@ def geometric_cement_cap(
     if bone_mask is not None and np.shape(bone_mask) != lesion.shape:
         raise PlanningParameterError("bone mask and lesion mask must be on the same grid")
 
-    # Crop to the lesion's bounding box grown by the shell (plus one voxel).
-    pad = np.ceil(shell / sp).astype(int) + 1
-    idx = np.nonzero(lesion)
-    lo = np.maximum(np.array([a.min() for a in idx]) - pad, 0)
-    hi = np.minimum(np.array([a.max() for a in idx]) + pad + 1, lesion.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+    box = cement_box(lesion, spacing_xyz, shell_mm=shell)
     les = lesion[box]
     dist = ndimage.distance_transform_edt(~les, sampling=sp)
     shell_region = (dist > 0) & (dist <= shell)

@@ -10,22 +10,24 @@ suggestion with reasons, cement and (optionally) RFA, all in a :class:`~planning
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 from scipy import ndimage as ndi
 
 from geometry.distance import DistanceField, signed_distance_mm
-from geometry.fieldstack import FieldStack, build_field_stack
+from geometry.fieldstack import FieldStack, FieldStackBuilder
 from geometry.kernels import NeedleScores, score_needles, score_one
 from geometry.pooling import pool_labels, pool_mask
 from geometry.rays import exit_distance_mm
+from imaging.anatomy_grid import label_masks
 from imaging.canal_lumbar import follow_lumbar_canal
 from imaging.errors import OperationCancelledError, SacroplanError
-from imaging.labels import Label
 from imaging.volume import Volume
 from planning.anatomy import SacralAnatomy
 from planning.approaches import (
@@ -37,7 +39,12 @@ from planning.approaches import (
 )
 from planning.carm import bulls_eye_view
 from planning.case import Case
-from planning.cement import geometric_cement_cap_ml, suggest_cement
+from planning.cement import (
+    cement_box,
+    cement_margin_voxels,
+    geometric_cement_cap_ml,
+    suggest_cement,
+)
 from planning.margins import Margins
 from planning.needles import Needle, get_needle, needle_catalogue
 from planning.plan import (
@@ -47,11 +54,13 @@ from planning.plan import (
     Plan,
     Suggestion,
     Trajectory,
+    clearance_text,
     encode_mask,
     grid_json,
     study_reference,
 )
 from planning.rfa import plan_rfa_for_track
+from planning.scoring_exact import DangerSurfaces
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -89,10 +98,11 @@ class ApproachResult:
 
 
 # -- fields ------------------------------------------------------------------------------------
-def build_fields(case: Case) -> FieldStack:
+def build_fields(case: Case, *, canal: np.ndarray | None = None) -> FieldStack:
     """Distance fields of the sacrum, foramina, canal, SI joints, ilia, pelvic side and lesion.
 
-    All on the anatomy crop grid, in mm (spacing and direction honoured).
+    All on the anatomy crop grid, in mm (spacing and direction honoured). ``canal`` is the
+    canal with the lumbar canal (:func:`canal_with_lumbar`) when the caller has it already.
 
     Raises
     ------
@@ -111,29 +121,147 @@ def build_fields(case: Case) -> FieldStack:
         pooled = pool_mask(mask, factors, any_voxel=danger)
         return DistanceField.from_mask(pooled, crop_margin_mm=FIELD_MARGIN_MM, **geo)
 
-    lesion = _crop_of(case.lesion.mask.array > 0, m.crop_index, crop.array.shape)
-    sacrum = m.masks["sacrum"] | lesion
-    found = [f for f in m.foramina if f.label > 0]
-    n_codes = max([int(f.label) for f in found], default=0)
-    pooled_foramina = pool_labels(m.masks["foramina"], factors, n_codes, any_voxel=True)
-    foramina = {
-        f.name: DistanceField.from_mask(
-            pooled_foramina[f.label - 1], crop_margin_mm=FIELD_MARGIN_MM, **geo
-        )
-        for f in found
-    }
-    sacrum_field = field_of(sacrum, danger=False)
+    # Each field goes into the int16 stack as soon as it is made (one float32 field alive at a
+    # time), and full-size masks are pooled and dropped before the next one is made.
+    found = {f.name: int(f.label) for f in m.foramina if f.label > 0}
+    stack = FieldStackBuilder(
+        grid.array.shape, grid.origin, grid.spacing, grid.direction, n_channels=6 + len(found)
+    )
+    lesion = _lesion_on_crop(case)
+    pooled_lesion = pool_mask(lesion, factors, any_voxel=False)
+    sacrum_field = field_of(m.masks["sacrum"] | lesion, danger=False)
+    del lesion
+    stack.add("sacrum", sacrum_field)
     cortex = pool_mask(m.masks["anterior_cortex"], factors, any_voxel=True)
     pelvic = _pelvic_side(sacrum_field.values, cortex, grid.spacing)
-    return build_field_stack(
-        sacrum=sacrum_field,
-        foramina=foramina or None,
-        canal=field_of(canal_with_lumbar(m.masks["canal"], crop)),
-        pelvic_side=DistanceField.from_mask(pelvic, crop_margin_mm=FIELD_MARGIN_MM, **geo),
-        si_joint=field_of(m.masks["si_joint_left"] | m.masks["si_joint_right"]),
-        ilium=field_of(m.masks["left_ilium"] | m.masks["right_ilium"], danger=False),
-        lesion=field_of(lesion, danger=False),
+    del sacrum_field, cortex
+    if found:
+        pooled_foramina = pool_labels(
+            m.masks["foramina"], factors, max(found.values()), any_voxel=True
+        )
+        for name, label in found.items():
+            field = DistanceField.from_mask(
+                pooled_foramina[label - 1], crop_margin_mm=FIELD_MARGIN_MM, **geo
+            )
+            stack.add_foramen(name, field)
+            del field
+        del pooled_foramina
+    if canal is None:
+        canal = canal_with_lumbar(m.masks["canal"], crop)
+    stack.add("canal", field_of(canal))
+    stack.add("pelvic_side", DistanceField.from_mask(pelvic, crop_margin_mm=FIELD_MARGIN_MM, **geo))
+    del pelvic
+    stack.add("si_joint", field_of(m.masks["si_joint_left"] | m.masks["si_joint_right"]))
+    stack.add("ilium", field_of(m.masks["left_ilium"] | m.masks["right_ilium"], danger=False))
+    stack.add(
+        "lesion", DistanceField.from_mask(pooled_lesion, crop_margin_mm=FIELD_MARGIN_MM, **geo)
     )
+    return stack.build()
+
+
+def _lesion_on_crop(case: Case) -> np.ndarray:
+    """The lesion mask on the anatomy crop (bool), cut before it is compared: no study-size
+    temporary."""
+    assert case.lesion is not None and case.masks is not None
+    m = case.masks
+    return _crop_of(case.lesion.mask.array, m.crop_index, m.image.array.shape) > 0
+
+
+def danger_surfaces(case: Case, *, canal: np.ndarray | None = None) -> DangerSurfaces:
+    """Triangulated surfaces of the foramina and the canal (with the lumbar canal) of a case.
+
+    The reported candidates' clearances are measured exactly against these
+    (:mod:`planning.scoring_exact`), on the anatomy crop's own grid, not pooled and not capped.
+    ``canal`` as for :func:`build_fields`.
+
+    Raises
+    ------
+    PlanningError
+        No anatomy yet.
+    """
+    if case.masks is None:
+        raise PlanningError("plan after the anatomy: run it first")
+    m = case.masks
+    found = [f for f in m.foramina if f.label > 0]
+    foramina = label_masks(m.masks["foramina"], {f.name: f.label for f in found})
+    if canal is None:
+        canal = canal_with_lumbar(m.masks["canal"], m.image)
+    envelope = _Envelope(case)
+    channels = {
+        f.name: foramen_exits(f.center_lps, f.axis, f.radius_mm, envelope, m.image) for f in found
+    }
+    return DangerSurfaces.build(foramina, canal if canal.any() else None, m.image, channels)
+
+
+class _Envelope:
+    """The solid sacrum with its holes (sacrum, foramina, sacral canal and lesion) on the
+    anatomy crop, read only where it is indexed (``envelope[k, j, i]`` with index arrays): no
+    crop-size mask is made."""
+
+    def __init__(self, case: Case) -> None:
+        assert case.masks is not None
+        self._masks = case.masks.masks
+        i0, j0, k0 = case.masks.crop_index
+        self._at = (k0, j0, i0)
+        self._lesion = case.lesion.mask.array if case.lesion is not None else None
+
+    def __getitem__(self, kji: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        m = self._masks
+        out = m["sacrum"][kji] | (m["foramina"][kji] > 0) | m["canal"][kji]
+        if self._lesion is not None:
+            k, j, i = (np.asarray(v) + a for v, a in zip(kji, self._at, strict=True))
+            out |= self._lesion[k, j, i] > 0
+        return out
+
+
+#: Where a foramen's channel leaves the bone, it is followed this far past the step where its
+#: whole cross-section is out (mm).
+FORAMEN_EXIT_OVERHANG_MM = 0.5
+
+
+def foramen_exits(
+    center: np.ndarray, axis: np.ndarray, radius_mm: float, envelope: np.ndarray, grid: Volume
+) -> tuple[tuple[np.ndarray, np.ndarray, float], ...]:
+    """The parts of a foramen's channel that stick out of the bone, as cylinders (LPS mm).
+
+    The sacral surface crosses a foramen obliquely, so one side of the channel (and the
+    nerve in it) leaves the bone before the other: the mask, which stops at the bone, ends
+    with a slanted face. From the fitted channel (centre, unit axis, radius), each end is
+    continued as a cylinder from the first step where any part of its cross-section is out of
+    ``envelope`` (the solid sacrum with its holes, ``[k, j, i]`` on ``grid``) to
+    ``FORAMEN_EXIT_OVERHANG_MM`` past the step where all of it is.
+    """
+    center = np.asarray(center, dtype=np.float64)
+    axis = np.asarray(axis, dtype=np.float64)
+    axis = axis / np.linalg.norm(axis)
+    helper = np.eye(3)[int(np.argmin(np.abs(axis)))]
+    e1 = np.cross(axis, helper)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(axis, e1)
+    ring = np.linspace(0.0, 2.0 * np.pi, 24, endpoint=False)
+    circle = np.cos(ring)[:, None] * e1 + np.sin(ring)[:, None] * e2
+    # the rim is probed just inside the channel's wall, where the mask is unambiguous
+    disc = np.vstack([np.zeros((1, 3)), 0.85 * radius_mm * circle, 0.5 * radius_mm * circle])
+    steps = np.arange(0.0, 60.0, 0.25)
+    size = np.asarray(grid.size)
+    out = []
+    for sense in (-1.0, 1.0):
+        pts = center + sense * steps[:, None, None] * axis + disc[None, :, :]
+        ijk = np.round(grid.world_to_index(pts.reshape(-1, 3))).astype(int)
+        ok = np.all((ijk >= 0) & (ijk < size), axis=1)
+        inside = np.zeros(len(ijk), bool)
+        inside[ok] = envelope[ijk[ok, 2], ijk[ok, 1], ijk[ok, 0]]
+        inside = inside.reshape(len(steps), -1)
+        any_out, all_out = ~inside.all(axis=1), ~inside.any(axis=1)
+        if not all_out.any() or not any_out.any():
+            continue
+        first, last = steps[int(np.argmax(any_out))], steps[int(np.argmax(all_out))]
+        if last < first:
+            continue
+        start = center + sense * first * axis
+        end = center + sense * (last + FORAMEN_EXIT_OVERHANG_MM) * axis
+        out.append((start, end, float(radius_mm)))
+    return tuple(out)
 
 
 #: The planner's distance fields are built on a grid of about this spacing (mm) or finer:
@@ -170,10 +298,10 @@ CANAL_TOP_MM = 4.0  # the slab of the sacral canal's top that is carried up
 def canal_with_lumbar(canal: np.ndarray, crop: Volume) -> np.ndarray:
     """The sacral canal plus the lumbar canal above it (on the anatomy crop grid).
 
-    In CT the lumbar canal is followed in the image (:func:`follow_lumbar_canal`); otherwise
+    In CT and MR the lumbar canal is followed in the image (:func:`follow_lumbar_canal`); otherwise
     the top of the sacral canal is carried straight up (:func:`extend_canal_cranially`).
     """
-    if crop.modality.upper() == "CT":
+    if crop.modality.upper() in ("CT", "MR"):
         return follow_lumbar_canal(crop, canal, length_mm=LUMBAR_CANAL_MM)
     return extend_canal_cranially(canal, crop, HEAD_LPS)
 
@@ -336,24 +464,146 @@ def _entry_context(
     )
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _march_to_bone(
+    bone: np.ndarray,
+    offset: np.ndarray,
+    shape: np.ndarray,
+    a: np.ndarray,
+    starts: np.ndarray,
+    dirs: np.ndarray,
+    step_mm: float,
+    max_mm: float,
+    out: np.ndarray,
+) -> None:
+    """:func:`geometry.rays.exit_distance_mm` through "not bone" on a study of ``shape``
+    (k, j, i) whose bone lies in a box at ``offset`` (k, j, i, and the box's width I): the same
+    samples, a ray stops at the first bone voxel or off the study grid. ``bone`` holds the box's
+    voxels as bits along i (``np.packbits`` order)."""
+    nk, nj, ni = shape[0], shape[1], shape[2]
+    bk, bj = bone.shape[0], bone.shape[1]
+    k0, j0, i0, bi = offset[0], offset[1], offset[2], offset[3]
+    n_steps = int(max_mm / step_mm) + 1
+    for n in numba.prange(starts.shape[0]):
+        px = a[0, 0] * starts[n, 0] + a[0, 1] * starts[n, 1] + a[0, 2] * starts[n, 2] + a[0, 3]
+        py = a[1, 0] * starts[n, 0] + a[1, 1] * starts[n, 1] + a[1, 2] * starts[n, 2] + a[1, 3]
+        pz = a[2, 0] * starts[n, 0] + a[2, 1] * starts[n, 1] + a[2, 2] * starts[n, 2] + a[2, 3]
+        qx = a[0, 0] * dirs[n, 0] + a[0, 1] * dirs[n, 1] + a[0, 2] * dirs[n, 2]
+        qy = a[1, 0] * dirs[n, 0] + a[1, 1] * dirs[n, 1] + a[1, 2] * dirs[n, 2]
+        qz = a[2, 0] * dirs[n, 0] + a[2, 1] * dirs[n, 1] + a[2, 2] * dirs[n, 2]
+        result = math.nan
+        for s in range(n_steps):
+            t = s * step_mm
+            i = int(math.floor(px + t * qx + 0.5))
+            j = int(math.floor(py + t * qy + 0.5))
+            k = int(math.floor(pz + t * qz + 0.5))
+            if i < 0 or j < 0 or k < 0 or i >= ni or j >= nj or k >= nk:
+                result = t
+                break
+            bi_, bj_, bk_ = i - i0, j - j0, k - k0
+            if (
+                0 <= bi_ < bi
+                and 0 <= bj_ < bj
+                and 0 <= bk_ < bk
+                and (bone[bk_, bj_, bi_ >> 3] >> (7 - (bi_ & 7))) & 1
+            ):
+                result = t
+                break
+        out[n] = result
+
+
+def _extent(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(lo, hi)`` (k, j, i) of the nonzero voxels' bounding box (hi exclusive), or None."""
+    lo, hi = [], []
+    for axis in range(3):
+        rest = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(np.any(mask, axis=rest))
+        if not len(hit):
+            return None
+        lo.append(hit[0])
+        hi.append(hit[-1] + 1)
+    return np.array(lo), np.array(hi)
+
+
+def _slices(lo: np.ndarray, hi: np.ndarray) -> tuple[slice, ...]:
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
 @dataclass(frozen=True)
 class _BoneProbe:
-    """Where needles first meet bone (sacrum, ilia or lesion), on the study grid."""
+    """Where needles first meet bone (sacrum, ilia or lesion), on the study grid.
 
-    outside_bone: np.ndarray
+    Only the box around the bone is stored (as in :meth:`Case.label_map`: sacrum and ilia
+    without the canal and foramina, plus the lesion); the rest of the study is "not bone".
+    """
+
+    bone: np.ndarray  # (K, J, ceil(I / 8)) uint8: the box's bone voxels, 8 per byte along i
+    offset: np.ndarray  # (4,) int64: the box's first voxel (k, j, i) in the study, and I
+    shape: np.ndarray  # (3,) int64: the study's shape (k, j, i)
     world_to_index: np.ndarray
 
     @classmethod
     def of(cls, case: Case) -> _BoneProbe:
-        labels = case.label_map()
-        bone = (Label.SACRUM, Label.LEFT_ILIUM, Label.RIGHT_ILIUM, Label.LESION)
-        return cls(~np.isin(labels.array, bone), _world_to_index(labels))
+        study = case.image.array.shape
+        boxes = []
+        m = case.masks.masks if case.masks is not None else None
+        at = np.zeros(3, dtype=np.int64)
+        if case.masks is not None and m is not None:
+            i0, j0, k0 = case.masks.crop_index
+            at = np.array([k0, j0, i0], dtype=np.int64)
+            for name in ("sacrum", "left_ilium", "right_ilium"):
+                extent = _extent(m[name])
+                if extent is not None:
+                    boxes.append((extent[0] + at, extent[1] + at))
+        lesion = case.lesion.mask.array if case.lesion is not None else None
+        if lesion is not None:
+            extent = _extent(lesion)
+            if extent is not None:
+                boxes.append(extent)
+        if boxes:
+            lo = np.min([b[0] for b in boxes], axis=0)
+            hi = np.max([b[1] for b in boxes], axis=0)
+        else:
+            lo = hi = np.zeros(3, dtype=np.int64)
+        nk, nj, ni = (int(v) for v in hi - lo)
+        bone = np.zeros((nk, nj, (ni + 7) // 8), dtype=np.uint8)  # bits along i, packbits order
+        crop_shape = np.array(case.masks.image.array.shape) if m is not None else np.zeros(3)
+        c_lo = np.maximum(lo, at)
+        c_hi = np.minimum(hi, at + crop_shape)
+        for k in range(nk):  # slice by slice: no full-size temporary
+            plane = np.zeros((nj, ni), dtype=bool)
+            kk = lo[0] + k
+            if m is not None and c_lo[0] <= kk < c_hi[0] and np.all(c_hi[1:] > c_lo[1:]):
+                src = (int(kk - at[0]), *_slices(c_lo[1:] - at[1:], c_hi[1:] - at[1:]))
+                part = m["sacrum"][src] | m["left_ilium"][src] | m["right_ilium"][src]
+                part &= ~m["canal"][src]
+                part &= m["foramina"][src] == 0
+                plane[_slices(c_lo[1:] - lo[1:], c_hi[1:] - lo[1:])] = part
+            if lesion is not None:
+                plane |= lesion[(int(kk), *_slices(lo[1:], hi[1:]))] > 0
+            bone[k] = np.packbits(plane, axis=1)
+        return cls(
+            bone,
+            np.array([*lo, ni], dtype=np.int64),
+            np.array(study, dtype=np.int64),
+            _world_to_index(case.image),
+        )
 
     def distance(self, entries: np.ndarray, dirs: np.ndarray) -> np.ndarray:
         """Distance (mm) from each skin entry along its direction to the first bone voxel."""
-        return exit_distance_mm(
-            self.outside_bone, self.world_to_index, entries, dirs, step_mm=0.5, max_mm=300.0
+        out = np.empty(len(entries), dtype=np.float64)
+        _march_to_bone(
+            self.bone,
+            self.offset,
+            self.shape,
+            np.ascontiguousarray(self.world_to_index, dtype=np.float64),
+            np.ascontiguousarray(entries, dtype=np.float64),
+            np.ascontiguousarray(dirs, dtype=np.float64),
+            0.5,
+            300.0,
+            out,
         )
+        return out
 
 
 # -- the search --------------------------------------------------------------------------------
@@ -388,7 +638,8 @@ def plan_case(
     report = progress or (lambda _f, _s: None)
     t0 = time.perf_counter()
     report(0.0, "distance fields")
-    stack = build_fields(case)
+    canal = canal_with_lumbar(case.masks.masks["canal"], case.masks.image)
+    stack = build_fields(case, canal=canal)
     t_fields = time.perf_counter()
     body = body_mask(case.image)
     targets = lesion_targets(case)
@@ -418,7 +669,8 @@ def plan_case(
         )
     report(0.9, "suggestion")
     t_search = time.perf_counter()
-    plan = _assemble_plan(case, results, stack, probe, options, needles, zone)
+    surfaces = danger_surfaces(case, canal=canal)
+    plan = _assemble_plan(case, results, stack, surfaces, probe, options, needles, zone)
     t_end = time.perf_counter()
     case.timings_s["plan"] = t_end - t0
     case.timings_s["plan_fields"] = t_fields - t0
@@ -652,6 +904,7 @@ def score_trajectory(
     lesion_centroid: np.ndarray | None = None,
     side: str | None = None,
     bone_entry_lps: np.ndarray | None = None,
+    surfaces: DangerSurfaces | None = None,
 ) -> Candidate:
     """Re-score one needle (e.g. while the user drags a handle); well under 5 ms.
 
@@ -666,6 +919,10 @@ def score_trajectory(
     margins : Margins
     approach : str, optional
         Approach key, for the SI-joint rule (only ``"transiliac"`` may cross it).
+    surfaces : DangerSurfaces, optional
+        When given (:func:`danger_surfaces`), the foramen and canal clearances are measured
+        exactly against these surfaces, with no cap (a few ms more), instead of read from the
+        fields.
 
     Returns
     -------
@@ -676,6 +933,8 @@ def score_trajectory(
     entry = np.asarray(entry_lps, dtype=np.float64)
     tip = np.asarray(target_lps, dtype=np.float64)
     s = score_one(entry, tip, fields, radius_mm=n.radius_mm, lesion_centroid=lesion_centroid)
+    if surfaces is not None:
+        s = _with_exact_clearances(s, surfaces, entry, tip, n.radius_mm)
     may_cross = approach is not None and approach_registry()[approach].may_cross_si_joint
     violations = _violations(s, 0, n, margins, may_cross=may_cross)
     return _candidate(
@@ -692,6 +951,26 @@ def score_trajectory(
     )
 
 
+def _with_exact_clearances(
+    s: NeedleScores, surfaces: DangerSurfaces, entry: np.ndarray, tip: np.ndarray, radius: float
+) -> NeedleScores:
+    """``s`` (one needle) with its foramen and canal clearances measured on ``surfaces``."""
+    import dataclasses
+
+    by, canal = surfaces.clearances(entry, tip, radius)
+    names = tuple(by)
+    values = np.array([[by[k] for k in names]], dtype=np.float64).reshape(1, len(names))
+    nearest = int(np.argmin(values[0])) if len(names) else -1
+    return dataclasses.replace(
+        s,
+        foramen_names=names,
+        foramen_clearance_mm=values,
+        nearest_foramen=np.array([nearest]),
+        nearest_foramen_clearance_mm=np.array([values[0, nearest] if nearest >= 0 else np.nan]),
+        canal_clearance_mm=np.array([canal]),
+    )
+
+
 def _violations(
     s: NeedleScores, i: int, needle: Needle, margins: Margins, *, may_cross: bool
 ) -> list[str]:
@@ -699,10 +978,12 @@ def _violations(
     f = float(np.nan_to_num(s.nearest_foramen_clearance_mm[i], nan=99.0))
     if f < margins.foramen_mm:
         name = s.foramen_names[s.nearest_foramen[i]] if s.nearest_foramen[i] >= 0 else "a"
-        out.append(f"{f:.1f} mm from the {name} foramen (margin {margins.foramen_mm:.1f} mm)")
+        text = clearance_text(f, needle.outer_diameter_mm)
+        out.append(f"{text} from the {name} foramen (margin {margins.foramen_mm:.1f} mm)")
     c = float(np.nan_to_num(s.canal_clearance_mm[i], nan=99.0))
     if c < margins.canal_mm:
-        out.append(f"{c:.1f} mm from the canal (margin {margins.canal_mm:.1f} mm)")
+        text = clearance_text(c, needle.outer_diameter_mm)
+        out.append(f"{text} from the canal (margin {margins.canal_mm:.1f} mm)")
     ahead = float(s.bone_ahead_mm[i]) if s.tip_in_bone[i] else 0.0
     if ahead < margins.anterior_cortex_mm:
         where = "the tip is outside bone" if not s.tip_in_bone[i] else f"{ahead:.1f} mm of bone"
@@ -774,6 +1055,7 @@ def _assemble_plan(
     case: Case,
     results: dict[str, ApproachResult],
     stack: FieldStack,
+    surfaces: DangerSurfaces,
     probe: _BoneProbe,
     options: PlanOptions,
     needles: list[Needle],
@@ -804,6 +1086,7 @@ def _assemble_plan(
                 lesion_centroid=centroid,
                 side=str(r.sides[i]),
                 bone_entry_lps=bone_entry,
+                surfaces=surfaces,
             )
             cand = _with_score(cand, float(r.rank[i]))
             if n_pick == 0:
@@ -904,9 +1187,9 @@ def _why(label: str, c: Candidate) -> str:
     by = c.clearance_mm.by_foramen
     if by:
         name = min(by, key=lambda k: by[k])
-        parts.append(f"{by[name]:.1f} mm from the {name} foramen")
+        parts.append(f"{clearance_text(by[name], c.needle_od_mm)} from the {name} foramen")
     if c.clearance_mm.canal is not None:
-        parts.append(f"{c.clearance_mm.canal:.1f} mm from the canal")
+        parts.append(f"{clearance_text(c.clearance_mm.canal, c.needle_od_mm)} from the canal")
     if c.tip_to_anterior_cortex_mm is not None:
         parts.append(f"{c.tip_to_anterior_cortex_mm:.1f} mm of bone ahead of the tip")
     needle = get_needle(c.needle)
@@ -918,10 +1201,8 @@ def _why(label: str, c: Candidate) -> str:
 
 
 def _brief(c: Candidate) -> str:
-    f = c.clearance_mm.foramina
-    return (
-        f"{'-' if f is None else f'{f:.1f}'} mm from a foramen, {c.skin_to_target_mm:.0f} mm long"
-    )
+    f = clearance_text(c.clearance_mm.foramina, c.needle_od_mm)
+    return f"{f} from a foramen, {c.skin_to_target_mm:.0f} mm long"
 
 
 def _zone_rule(zone: int | None) -> str:
@@ -936,18 +1217,37 @@ def _zone_rule(zone: int | None) -> str:
 def _cement(case: Case, stack: FieldStack, options: PlanOptions) -> Any:
     assert case.metrics is not None and case.lesion is not None and case.masks is not None
     m = case.masks
-    factors = field_factors(m.image.spacing)
-    lesion_full = _crop_of(case.lesion.mask.array > 0, m.crop_index, m.image.array.shape)
-    lesion = pool_mask(lesion_full, factors, any_voxel=False)
-    bone = pool_mask(m.masks["sacrum"] | lesion_full, factors, any_voxel=False)
+    # The cap reads only the lesion's box on the field grid: the lesion and the bone are pooled
+    # over the whole blocks around it, and only that box of each keep-out channel is converted.
+    factors = np.array(field_factors(m.image.spacing))
+    grid = np.array(stack.shape)
+    i0, j0, k0 = m.crop_index
+    at = np.array([k0, j0, i0])
+    extent = _extent(case.lesion.mask.array)
+    lo = hi = np.zeros(3, dtype=np.int64)
+    if extent is not None:
+        pad = cement_margin_voxels(stack.spacing) + 1
+        lo = np.clip((extent[0] - at) // factors - pad, 0, grid)
+        hi = np.clip(-((at - extent[1]) // factors) + pad, 0, grid)
+    hi = np.maximum(hi, lo)
+    cut = (*_slices(at + lo * factors, at + hi * factors),)
+    lesion_part = case.lesion.mask.array[cut] > 0
+    lesion = pool_mask(lesion_part, tuple(factors), any_voxel=False)
+    sacrum = m.masks["sacrum"][_slices(lo * factors, hi * factors)] | lesion_part
+    bone = pool_mask(sacrum, tuple(factors), any_voxel=False)
+    del lesion_part, sacrum
     keep_out: dict[str, np.ndarray] = {}
-    for name, ch in (("canal", stack.canal), ("si_joint", stack.si_joint)):
-        if ch >= 0:
-            keep_out[name] = stack.channel_mm(ch)
-    for ch in stack.foramen_channels:
-        keep_out[f"foramen {ch}"] = stack.channel_mm(ch)
+    box: tuple[slice, ...] = ()
+    if lesion.any():
+        box = cement_box(lesion, stack.spacing)
+        part = _slices(lo + [b.start for b in box], lo + [b.stop for b in box])
+        for name, ch in (("canal", stack.canal), ("si_joint", stack.si_joint)):
+            if ch >= 0:
+                keep_out[name] = stack.channel_mm(ch, part)
+        for ch in stack.foramen_channels:
+            keep_out[f"foramen {ch}"] = stack.channel_mm(ch, part)
     cap = geometric_cement_cap_ml(
-        lesion, stack.spacing, keep_out_distance_mm=keep_out, bone_mask=bone
+        lesion[box], stack.spacing, keep_out_distance_mm=keep_out, bone_mask=bone[box]
     )
     return suggest_cement(
         case.metrics.volume_ml,

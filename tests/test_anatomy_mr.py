@@ -108,3 +108,23 @@ def test_a_ct_is_refused():
     phantom = make_phantom(lesion="none", modality="ct", spacing_mm=(3.0, 3.0, 3.0))
     with pytest.raises(SegmentationError, match="not an MR"):
         segment_anatomy_mr(phantom.image)
+
+
+def test_lower_sacral_canal_is_found_on_thick_slices():
+    """Below the thecal sac the canal holds epidural fat, as bright as marrow on T1: it must
+    stay canal (the planner keeps its margin from it), down to the canal's lower end."""
+    from imaging.phantom import exact_distance_to_canal
+
+    phantom = make_phantom(lesion="s1_body", modality="mr", spacing_mm=(1.1, 0.9, 2.5))
+    anatomy = segment_anatomy_mr(phantom.image)
+    ours = anatomy.paste("canal", phantom.image).array > 0
+    image = phantom.image
+    kji = np.argwhere(phantom.labels.array == Label.CANAL)
+    points = image.index_to_world(kji[:, ::-1].astype(np.float64))
+    deep = exact_distance_to_canal(points, phantom.truth) < -1.0
+    sac_end = float(phantom.truth.canal.thecal_sac_end_lps[2])
+    lower = deep & (points[:, 2] < sac_end - 3.0)
+    assert lower.sum() > 500
+    found = ours[kji[lower, 0], kji[lower, 1], kji[lower, 2]]
+    print(f"\nlower sacral canal found: {found.mean():.3f}")
+    assert found.mean() >= 0.9

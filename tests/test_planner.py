@@ -51,13 +51,6 @@ def test_every_candidate_foramen_clearance_agrees_with_exact_geometry(planned) -
             assert abs(reported - exact_min) <= 1.0, (c["approach"], reported, by)
 
 
-@pytest.mark.xfail(
-    reason="the lumbar canal is followed in the image (imaging/canal_lumbar.py), but where a "
-    "one-voxel layer of epidural fat lies between the CSF and the S1 facet its blurred values "
-    "look like CSF at 1 mm voxels, so a needle passing there is reported up to ~1.4 mm nearer "
-    "to the canal than it is (safe side; the test allows 1 mm)",
-    strict=False,
-)
 def test_every_candidate_canal_clearance_agrees_with_exact_geometry(planned) -> None:
     case, plan = planned
     for c in plan["candidates"]:

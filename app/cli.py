@@ -346,10 +346,24 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         margins = margins.with_overrides(foramen_mm=args.margin_mm, canal_mm=args.margin_mm)
     case.find_anatomy()
     case.grow_lesion(seed)
-    plan = plan_case(
-        case,
-        options=PlanOptions(needle_id=args.needle, margins=margins, with_rfa=args.rfa),
-    )
+    options = PlanOptions(needle_id=args.needle, margins=margins, with_rfa=args.rfa)
+    plan = plan_case(case, options=options)
+    # In auto mode a second needle is looked for only for lesions larger than the cohort's
+    # 3 cm (the search for pairs costs as much again as the plan itself).
+    large = case.metrics is not None and case.metrics.diameter_over_30mm
+    wanted = args.needles == "2" or (args.needles == "auto" and large)
+    if wanted and plan.suggestion is not None and plan.suggestion.approach:
+        from planning.multi_needle import plan_multi_needle, with_multi_needle
+        from planning.planner import PlanningError
+
+        try:
+            multi = plan_multi_needle(
+                case, plan=plan, options=options, needles=2 if args.needles == "2" else None
+            )
+        except PlanningError as exc:  # the single-needle plan still stands
+            sys.stderr.write(f"sacroplan: note: one needle planned ({exc})\n")
+        else:
+            plan = with_multi_needle(plan, multi)
     if args.out:
         out = Path(args.out)
         if not out.parent.exists():
@@ -378,10 +392,11 @@ def _format_plan(d: dict[str, Any]) -> str:
         if "candidate" in entry:
             c = d["candidates"][entry["candidate"]]
             cl = c["clearance_mm"]
-            od = c["needle_od_mm"]
+            od, ex = c["needle_od_mm"], cl.get("exact", False)
+            foramina = clearance_text(cl["foramina"], od, exact=ex)
             lines.append(
-                f"  {key:<17} {c['side']:<6} foramina {clearance_text(cl['foramina'], od)}, "
-                f"canal {clearance_text(cl['canal'], od)},"
+                f"  {key:<17} {c['side']:<6} foramina {foramina}, "
+                f"canal {clearance_text(cl['canal'], od, exact=ex)},"
                 f" bone ahead {c['tip_to_anterior_cortex_mm']} mm, {c['skin_to_target_mm']} mm"
                 f" ({c['needle']})"
             )
@@ -395,6 +410,8 @@ def _format_plan(d: dict[str, Any]) -> str:
         lines.append(f"  C-arm: {c['c_arm']['text']}")
     else:
         lines.append("Suggestion: none - no approach is feasible with these margins")
+    if d.get("multi_needle"):
+        lines.extend(_format_needles(d["multi_needle"]))
     cem = d["cement"]
     if cem:
         lines.append(
@@ -406,6 +423,41 @@ def _format_plan(d: dict[str, Any]) -> str:
         r = d["rfa"]
         lines.append(f"RFA: {r.get('n_ablations')} ablation(s), safety {r.get('safety')}")
     return "\n".join(lines)
+
+
+def _format_needles(m: dict[str, Any]) -> list[str]:
+    """The multi-needle decision: each needle's approach, side, clearances, cement and reach."""
+    from planning.plan import clearance_text
+
+    n = len(m["needles"])
+    kind = {"single": "one needle", "bilateral": "bilateral", "tandem": "tandem"}[m["kind"]]
+    lines = [
+        f"Needles: {n} ({kind}) - cement {m['cement_total_ml']:.1f} mL reaches "
+        f"{100 * m['coverage']:.0f} % of the {m['lesion_ml']:.1f} mL lesion "
+        f"({100 * m['coverage'] / m['attainable'] if m['attainable'] else 0:.0f} % of what it "
+        f"can fill), filling degree {100 * m['filling']:.0f} % (one needle: "
+        f"{100 * m['coverage_single']:.0f} %, filling {100 * m['filling_single']:.0f} %)"
+    ]
+    for placed in m["needles"]:
+        c = placed["candidate"]
+        cl, od = c["clearance_mm"], c["needle_od_mm"]
+        ex = cl.get("exact", False)
+        ahead = c["tip_to_anterior_cortex_mm"]
+        lines.append(
+            f"  {placed['label']}: {c['approach']} ({c['side']}), {c['needle']}, foramina "
+            f"{clearance_text(cl['foramina'], od, exact=ex)}, "
+            f"canal {clearance_text(cl['canal'], od, exact=ex)}, "
+            f"bone ahead {'-' if ahead is None else f'{ahead:.1f} mm'}, "
+            f"{c['skin_to_target_mm']:.0f} mm skin to tip; cement {placed['cement_ml']:.2f} mL, "
+            f"reaches {placed['reaches_ml']:.1f} mL of the lesion"
+        )
+    if m["tip_gap_mm"] is not None:
+        lines.append(
+            f"  tips {m['tip_gap_mm']:.1f} mm apart, needles at least {m['path_gap_mm']:.1f} mm "
+            "apart along their paths"
+        )
+    lines.extend(f"  - {r}" for r in m["reasons"])
+    return lines
 
 
 def _load_plan_arg(path: str) -> Any:
@@ -526,6 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="sacroplan",
         description="Planning workstation for percutaneous sacroplasty (planning aid only).",
+        epilog="'sacroplan --sample [--lesion SITE] [--screenshot FILE.png]' opens the "
+        "workstation on the built-in sample and plans it (without a display: the plan in "
+        "text); 'sacroplan gui --help' lists the workstation's options.",
     )
     parser.add_argument("--version", action="version", version=f"sacroplan {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -557,6 +612,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--needle", help="needle id (default: the shortest that reaches)")
     p.add_argument("--rfa", action="store_true", help="plan radiofrequency ablation too")
     p.add_argument("--margin-mm", type=float, help="foramen and canal margin, mm (default 2)")
+    p.add_argument(
+        "--needles",
+        default="auto",
+        choices=("auto", "1", "2"),
+        help="needles for the lesion: auto (for a lesion over 3 cm, a second one when one "
+        "cannot fill it), 1 or 2",
+    )
     p.add_argument("--out", help="save the plan (JSON)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_plan)
@@ -604,6 +666,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``sacroplan`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     setup_logging()
     argv = list(sys.argv[1:] if argv is None else argv)
+    # The main command, ``sacroplan --sample [--lesion SITE] [--screenshot FILE]``, is the
+    # workstation run through the whole workflow (``sacroplan gui --auto``).
+    workstation = ("--sample", "--lesion", "--screenshot", "--teaching", "--layout")
+    if argv and argv[0].split("=", 1)[0] in workstation:
+        argv = ["gui", "--auto", "--main-command", *argv]
     parser = build_parser()
     try:
         args = parser.parse_args(_join_point_values(argv))

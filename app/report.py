@@ -245,13 +245,13 @@ def _candidates_section(plan: Plan) -> str:
 
 def _candidate_row(label: str, c: Candidate, status: str, reasons: str) -> str:
     by = c.clearance_mm.by_foramen
-    od = c.needle_od_mm
+    od, ex = c.needle_od_mm, c.clearance_mm.exact
     nearest = "–"
     if by:
         name = min(by, key=lambda k: by[k])
-        nearest = f"{clearance_text(by[name], od)} ({name})"
+        nearest = f"{clearance_text(by[name], od, exact=ex)} ({name})"
     elif c.clearance_mm.foramina is not None:
-        nearest = clearance_text(c.clearance_mm.foramina, od)
+        nearest = clearance_text(c.clearance_mm.foramina, od, exact=ex)
     _, needle = _needle_text(c.needle)
     short = c.needle if needle is None else f"{needle.gauge}G {needle.length_mm / 10:g} cm"
     cls = "ok" if status in ("suggested", "feasible") else "warn"
@@ -264,7 +264,7 @@ def _candidate_row(label: str, c: Candidate, status: str, reasons: str) -> str:
     return (
         f"<tr><td>{_e(label)} ({_e(c.side or '–')})</td><td>{_e(short)}</td>"
         f"<td>{c.skin_to_target_mm:.0f} / {c.in_bone_mm:.0f} mm</td>"
-        f"<td>{_e(nearest)}</td><td>{_e(clearance_text(c.clearance_mm.canal, od))}</td>"
+        f"<td>{_e(nearest)}</td><td>{_e(clearance_text(c.clearance_mm.canal, od, exact=ex))}</td>"
         f"<td>{_mm(c.tip_to_anterior_cortex_mm)}{exits}</td>"
         f"<td class='{cls}'>{_e(text)}</td></tr>"
     )
@@ -360,11 +360,11 @@ def _needles_section(plan: Plan) -> str:
     for n in m.needles:
         c = n.candidate
         by = c.clearance_mm.by_foramen
-        od = c.needle_od_mm
-        nearest = clearance_text(c.clearance_mm.foramina, od)
+        od, ex = c.needle_od_mm, c.clearance_mm.exact
+        nearest = clearance_text(c.clearance_mm.foramina, od, exact=ex)
         if by:
             name = min(by, key=lambda k: by[k])
-            nearest = f"{clearance_text(by[name], od)} ({name})"
+            nearest = f"{clearance_text(by[name], od, exact=ex)} ({name})"
         _, needle = _needle_text(c.needle)
         short = c.needle if needle is None else f"{needle.gauge}G {needle.length_mm / 10:g} cm"
         status = "" if c.feasible else " <span class='warn'>(blocked)</span>"
@@ -373,7 +373,8 @@ def _needles_section(plan: Plan) -> str:
             f"<td>{_e(_approach_label(c.approach))} ({_e(c.side or '–')})</td>"
             f"<td>{_e(short)}</td>"
             f"<td>{c.skin_to_target_mm:.0f} / {c.in_bone_mm:.0f} mm</td>"
-            f"<td>{_e(nearest)}</td><td>{_e(clearance_text(c.clearance_mm.canal, od))}</td>"
+            f"<td>{_e(nearest)}</td>"
+            f"<td>{_e(clearance_text(c.clearance_mm.canal, od, exact=ex))}</td>"
             f"<td>{_mm(c.tip_to_anterior_cortex_mm)}</td>"
             f"<td>{n.cement_ml:.2f} mL</td><td>{n.reaches_ml:.1f} mL</td></tr>"
         )

@@ -1036,11 +1036,11 @@ def _order_key(c: Candidate) -> tuple[int, str]:
 
 
 def _needle_words(c: Candidate, label: str = "needle") -> str:
-    od = c.needle_od_mm
+    od, ex = c.needle_od_mm, c.clearance_mm.exact
     parts = [
         f"{label}: {approach_registry()[c.approach].label} ({c.side}), {c.needle}",
-        f"{clearance_text(c.clearance_mm.foramina, od)} from the nearest foramen",
-        f"{clearance_text(c.clearance_mm.canal, od)} from the canal",
+        f"{clearance_text(c.clearance_mm.foramina, od, exact=ex)} from the nearest foramen",
+        f"{clearance_text(c.clearance_mm.canal, od, exact=ex)} from the canal",
     ]
     if c.tip_to_anterior_cortex_mm is not None:
         parts.append(f"{c.tip_to_anterior_cortex_mm:.1f} mm of bone ahead of the tip")

@@ -30,7 +30,7 @@ JSON schema ``sacroplan.plan/1`` (top-level keys, in order)::
     evaluated         {approach: number of trajectories evaluated}
     candidates        [{approach, side, skin_entry_lps, bone_entry_lps, target_lps, needle,
                       needle_od_mm, skin_to_target_mm, in_bone_mm,
-                      clearance_mm {foramina, by_foramen {name: mm}, canal},
+                      clearance_mm {foramina, by_foramen {name: mm}, canal, exact},
                       tip_to_anterior_cortex_mm, exits_anterior, si_joint_crossed, feasible,
                       violations [str], score, c_arm {primary_deg, secondary_deg, text}}]
     best_by_approach  {approach: {"candidate": index into candidates}
@@ -356,25 +356,31 @@ def _grid(value: object, path: str) -> dict[str, Any]:
     }
 
 
-def clearance_is_lower_bound(value_mm: float | None, needle_od_mm: float) -> bool:
+def clearance_is_lower_bound(
+    value_mm: float | None, needle_od_mm: float, *, exact: bool = False
+) -> bool:
     """True when a reported clearance is the scoring kernel's cap, i.e. only "at least" this.
 
     The kernel follows each structure only up to :data:`geometry.kernels.DEFAULT_CLEARANCE_CAP_MM`
     from the needle's axis; a farther structure is reported at the cap minus the needle's radius
-    (less the interpolation bound). Such a value is a true lower bound, shown as "≥".
+    (less the interpolation bound). Such a value is a true lower bound, shown as "≥". Clearances
+    measured on the structures' surfaces (``exact``, see :attr:`Clearance.exact`) have no cap.
     """
     from geometry.kernels import DEFAULT_CLEARANCE_CAP_MM
 
-    if value_mm is None or not math.isfinite(value_mm):
+    if exact or value_mm is None or not math.isfinite(value_mm):
         return False
     return value_mm + needle_od_mm / 2.0 >= DEFAULT_CLEARANCE_CAP_MM - 0.5
 
 
-def clearance_text(value_mm: float | None, needle_od_mm: float, *, digits: int = 1) -> str:
-    """A clearance for people: ``"11.3 mm"``, ``"≥ 18.8 mm"`` at the cap, ``"–"`` when absent."""
+def clearance_text(
+    value_mm: float | None, needle_od_mm: float, *, exact: bool = False, digits: int = 1
+) -> str:
+    """A clearance for people: ``"11.3 mm"``, ``"≥ 18.8 mm"`` at the kernel's cap (unless
+    ``exact``: measured without a cap), ``"–"`` when absent."""
     if value_mm is None:
         return "–"
-    mark = "≥ " if clearance_is_lower_bound(value_mm, needle_od_mm) else ""
+    mark = "≥ " if clearance_is_lower_bound(value_mm, needle_od_mm, exact=exact) else ""
     return f"{mark}{value_mm:.{digits}f} mm"
 
 
@@ -445,25 +451,42 @@ class Clearance:
         Clearance per named foramen (``"left S1"``).
     canal : float or None
         Clearance to the spinal canal.
+    exact : bool
+        True when measured on the structures' surfaces without a cap (the candidates a plan
+        reports); False for the scoring kernel's values, which stop at its cap (a needle being
+        dragged): a value at the cap then means "at least".
     """
 
     foramina: float | None
     by_foramen: dict[str, float]
     canal: float | None
+    exact: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """``{"foramina", "by_foramen", "canal"}``."""
-        return {"foramina": self.foramina, "by_foramen": dict(self.by_foramen), "canal": self.canal}
+        """``{"foramina", "by_foramen", "canal", "exact"}``."""
+        return {
+            "foramina": self.foramina,
+            "by_foramen": dict(self.by_foramen),
+            "canal": self.canal,
+            "exact": self.exact,
+        }
 
     @classmethod
     def from_json(cls, data: object, path: str = "clearance_mm") -> Clearance:
-        """Parse and validate."""
-        d = _obj(data, path, ("foramina", "by_foramen", "canal"))
+        """Parse and validate (``exact`` is optional: plans saved before it are not exact)."""
+        d = _obj(data, path, ("foramina", "by_foramen", "canal"), extra_ok=True)
+        unknown = [k for k in d if k not in ("foramina", "by_foramen", "canal", "exact")]
+        if unknown:
+            raise _FieldError(f"{path}.{unknown[0]}", "is not a known field")
+        exact = d.get("exact", False)
+        if not isinstance(exact, bool):
+            raise _FieldError(f"{path}.exact", f"must be true/false, got {_kind(exact)}")
         by = _obj(d["by_foramen"], f"{path}.by_foramen")
         return cls(
             foramina=_opt_num(d["foramina"], f"{path}.foramina"),
             by_foramen={k: _num(v, f"{path}.by_foramen.{k}") for k, v in by.items()},
             canal=_opt_num(d["canal"], f"{path}.canal"),
+            exact=exact,
         )
 
 

@@ -936,7 +936,8 @@ def score_trajectory(
     if surfaces is not None:
         s = _with_exact_clearances(s, surfaces, entry, tip, n.radius_mm)
     may_cross = approach is not None and approach_registry()[approach].may_cross_si_joint
-    violations = _violations(s, 0, n, margins, may_cross=may_cross)
+    exact = surfaces is not None
+    violations = _violations(s, 0, n, margins, may_cross=may_cross, exact=exact)
     return _candidate(
         s,
         0,
@@ -948,6 +949,7 @@ def score_trajectory(
         bone_entry=bone_entry_lps,
         violations=violations,
         score=None,
+        exact=exact,
     )
 
 
@@ -972,17 +974,23 @@ def _with_exact_clearances(
 
 
 def _violations(
-    s: NeedleScores, i: int, needle: Needle, margins: Margins, *, may_cross: bool
+    s: NeedleScores,
+    i: int,
+    needle: Needle,
+    margins: Margins,
+    *,
+    may_cross: bool,
+    exact: bool = False,
 ) -> list[str]:
     out = []
     f = float(np.nan_to_num(s.nearest_foramen_clearance_mm[i], nan=99.0))
     if f < margins.foramen_mm:
         name = s.foramen_names[s.nearest_foramen[i]] if s.nearest_foramen[i] >= 0 else "a"
-        text = clearance_text(f, needle.outer_diameter_mm)
+        text = clearance_text(f, needle.outer_diameter_mm, exact=exact)
         out.append(f"{text} from the {name} foramen (margin {margins.foramen_mm:.1f} mm)")
     c = float(np.nan_to_num(s.canal_clearance_mm[i], nan=99.0))
     if c < margins.canal_mm:
-        text = clearance_text(c, needle.outer_diameter_mm)
+        text = clearance_text(c, needle.outer_diameter_mm, exact=exact)
         out.append(f"{text} from the canal (margin {margins.canal_mm:.1f} mm)")
     ahead = float(s.bone_ahead_mm[i]) if s.tip_in_bone[i] else 0.0
     if ahead < margins.anterior_cortex_mm:
@@ -1017,6 +1025,7 @@ def _candidate(
     bone_entry: np.ndarray | None,
     violations: list[str],
     score: float | None,
+    exact: bool = False,
 ) -> Candidate:
     by = {
         name: round(float(s.foramen_clearance_mm[i, k]), 2)
@@ -1040,6 +1049,7 @@ def _candidate(
             foramina=_num(s.nearest_foramen_clearance_mm[i]),
             by_foramen=by,
             canal=_num(s.canal_clearance_mm[i]),
+            exact=exact,
         ),
         tip_to_anterior_cortex_mm=_num(min(ahead, 999.0)),
         exits_anterior=bool(s.exits_anterior[i]),
@@ -1187,9 +1197,11 @@ def _why(label: str, c: Candidate) -> str:
     by = c.clearance_mm.by_foramen
     if by:
         name = min(by, key=lambda k: by[k])
-        parts.append(f"{clearance_text(by[name], c.needle_od_mm)} from the {name} foramen")
+        text = clearance_text(by[name], c.needle_od_mm, exact=c.clearance_mm.exact)
+        parts.append(f"{text} from the {name} foramen")
     if c.clearance_mm.canal is not None:
-        parts.append(f"{clearance_text(c.clearance_mm.canal, c.needle_od_mm)} from the canal")
+        text = clearance_text(c.clearance_mm.canal, c.needle_od_mm, exact=c.clearance_mm.exact)
+        parts.append(f"{text} from the canal")
     if c.tip_to_anterior_cortex_mm is not None:
         parts.append(f"{c.tip_to_anterior_cortex_mm:.1f} mm of bone ahead of the tip")
     needle = get_needle(c.needle)
@@ -1201,7 +1213,7 @@ def _why(label: str, c: Candidate) -> str:
 
 
 def _brief(c: Candidate) -> str:
-    f = clearance_text(c.clearance_mm.foramina, c.needle_od_mm)
+    f = clearance_text(c.clearance_mm.foramina, c.needle_od_mm, exact=c.clearance_mm.exact)
     return f"{f} from a foramen, {c.skin_to_target_mm:.0f} mm long"
 
 

@@ -222,7 +222,7 @@ def test_json_has_exactly_the_documented_keys(tmp_path: Path) -> None:
     assert data["schema"] == SCHEMA == "sacroplan.plan/1"
     cand = data["candidates"][0]
     assert list(cand) == list(CANDIDATE_KEYS)
-    assert set(cand["clearance_mm"]) == {"foramina", "by_foramen", "canal"}
+    assert set(cand["clearance_mm"]) == {"foramina", "by_foramen", "canal", "exact"}
     assert set(cand["c_arm"]) == {"primary_deg", "secondary_deg", "text"}
     assert set(data["trajectories"][0]) == {
         "entry_lps",
@@ -565,3 +565,23 @@ def test_plan_model_notifies_subscribers() -> None:
     assert len(seen) == 3
     with pytest.raises(PlanningParameterError, match="no field"):
         model.update(colour="red")
+
+
+def test_clearance_exactness_round_trips_and_old_files_load(tmp_path: Path) -> None:
+    """Plans saved before clearances were marked exact still load (not exact: the kernel's cap
+    applies, so a clearance at the cap prints as "at least")."""
+    from planning.plan import Clearance, clearance_text
+
+    exact = Clearance(foramina=25.0, by_foramen={"left S1": 25.0}, canal=30.0, exact=True)
+    assert Clearance.from_json(exact.to_json()) == exact
+    old = {"foramina": 25.0, "by_foramen": {"left S1": 25.0}, "canal": 30.0}
+    assert Clearance.from_json(old).exact is False
+    assert clearance_text(30.0, 2.4).startswith("\u2265")
+    assert clearance_text(30.0, 2.4, exact=True) == "30.0 mm"
+    path = tmp_path / "bad.json"
+    save_plan(_full_plan(), path)
+    data = json.loads(path.read_text())
+    data["candidates"][0]["clearance_mm"]["exact"] = "yes"
+    path.write_text(json.dumps(data))
+    with pytest.raises(PlanFileError, match="exact"):
+        load_plan(path)

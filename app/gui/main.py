@@ -16,6 +16,7 @@ from pathlib import Path
 log = logging.getLogger("sacroplan.gui")
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_INTERNAL_ERROR = 0, 2, 3
+DEFAULT_SAMPLE_SPACING = "1.5,1.5,1.5"
 
 
 def display_problem() -> str | None:
@@ -52,7 +53,9 @@ def add_gui_arguments(p: argparse.ArgumentParser, sites: tuple[str, ...]) -> Non
     p.add_argument("--sample", action="store_true", help="open the built-in synthetic sample")
     p.add_argument("--lesion", default="left_ala_s1", choices=sites, help="sample lesion site")
     p.add_argument("--modality", default="ct", choices=("ct", "mr"), help="sample modality")
-    p.add_argument("--spacing", default="1.5,1.5,1.5", help="sample voxel size X,Y,Z in mm")
+    p.add_argument(
+        "--spacing", help=f"sample voxel size X,Y,Z in mm (default {DEFAULT_SAMPLE_SPACING})"
+    )
     p.add_argument(
         "--auto",
         action="store_true",
@@ -65,6 +68,8 @@ def add_gui_arguments(p: argparse.ArgumentParser, sites: tuple[str, ...]) -> Non
     )
     p.add_argument("--layout", choices=("1x1", "2x2", "1+3"), help="view layout")
     p.add_argument("--teaching", action="store_true", help="start in teaching mode")
+    # Set by ``sacroplan --sample ...`` (the main command): without a display, plan headless.
+    p.add_argument("--main-command", action="store_true", help=argparse.SUPPRESS)
     restore = p.add_mutually_exclusive_group()
     restore.add_argument(
         "--restore",
@@ -76,9 +81,10 @@ def add_gui_arguments(p: argparse.ArgumentParser, sites: tuple[str, ...]) -> Non
     )
 
 
-def _spacing(text: str) -> tuple[float, float, float]:
+def _spacing(text: str | None) -> tuple[float, float, float]:
     from imaging.errors import SacroplanError
 
+    text = text or DEFAULT_SAMPLE_SPACING
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
@@ -104,7 +110,12 @@ def run_parsed(args: argparse.Namespace) -> int:
     from imaging.errors import SacroplanError
 
     setup_logging()
+    main_command = bool(getattr(args, "main_command", False))
+    if main_command and not (args.path or args.restore):
+        args.sample = True  # ``sacroplan --lesion SITE`` means the sample too
     problem = display_problem()
+    if problem is not None and main_command:
+        return run_headless(args)
     if problem is not None:
         sys.stderr.write(f"sacroplan: error: {problem}\n")
         return EXIT_USER_ERROR
@@ -113,6 +124,38 @@ def run_parsed(args: argparse.Namespace) -> int:
     except SacroplanError as exc:
         sys.stderr.write(f"sacroplan: error: {exc}\n")
         return EXIT_USER_ERROR
+
+
+def run_headless(args: argparse.Namespace) -> int:
+    """The main command without a display: say so, then print what ``sacroplan plan`` prints.
+
+    The window cannot open, so the user gets the same result in text: the lesion, the best
+    needle of every approach, the suggestion and the cement (``sacroplan plan --sample``).
+    """
+    sys.stderr.write(
+        "sacroplan: no display (DISPLAY and WAYLAND_DISPLAY are not set), so the workstation "
+        "window cannot open; run it in a desktop session, or as 'xvfb-run -a sacroplan "
+        "--sample --screenshot shot.png' for a picture. The plan in text follows.\n"
+    )
+    if not args.sample:
+        sys.stderr.write(
+            "sacroplan: error: a study needs the lesion's position to plan without the window: "
+            f"run 'sacroplan plan {args.path or 'STUDY'} --seed X,Y,Z'\n"
+        )
+        return EXIT_USER_ERROR
+    from app.cli import build_parser as cli_parser
+
+    argv = ["plan", "--sample", "--lesion", args.lesion, "--modality", args.modality]
+    if args.spacing:
+        argv += ["--spacing", args.spacing]
+    plan_args = cli_parser().parse_args(argv)
+    code = int(plan_args.func(plan_args))
+    sys.stdout.flush()
+    if args.screenshot:
+        sys.stderr.write(
+            f"sacroplan: the screenshot {args.screenshot} was not written: there is no display\n"
+        )
+    return code
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -160,6 +203,11 @@ def _run(args: argparse.Namespace) -> int:
     window.show()
 
     def finish() -> None:
+        if (args.auto or args.screenshot) and window.session.plan is not None:
+            # the workflow's result in text too (as ``sacroplan plan`` prints it)
+            from app.cli import _format_plan
+
+            print(_format_plan(window.session.plan.to_json()), flush=True)
         if args.screenshot:
             QTimer.singleShot(1500, shoot)
 

@@ -45,9 +45,12 @@ from app.gui import autosave
 from app.gui.errors import UserDeclinedError, report_error
 from app.gui.panels.anatomy_panel import AnatomyPanel
 from app.gui.panels.export_panel import ExportPanel, report_writer
+from app.gui.panels.fluoro_panel import fluoro_dock
+from app.gui.panels.fusion_panel import fusion_dock
 from app.gui.panels.lesion_panel import LesionPanel
 from app.gui.panels.plan_panel import PlanPanel
 from app.gui.panels.trajectory_panel import TrajectoryPanel
+from app.gui.panels.why_panel import WhyPanel
 from app.gui.series_browser import SeriesBrowser
 from app.gui.session import Session, SessionError
 from app.gui.theme import clearance_color, gui_presets
@@ -76,6 +79,8 @@ VOLUME_FILTER = "Images (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.dcm);;All fi
 PLAN_FILTER = "sacroplan plan (*.json)"
 SAMPLE_SPACINGS = ("1.0", "1.5", "2.0")
 BANNER_DESCRIPTION_CHARS = 28
+STEP_NAMES = ("Anatomy", "Lesion", "Trajectories", "Plan", "Export", "Why?")
+WHY_TAB = STEP_NAMES.index("Why?")
 
 
 class MainWindow(QMainWindow):
@@ -134,12 +139,14 @@ class MainWindow(QMainWindow):
         self.trajectory_panel = TrajectoryPanel(self)
         self.plan_panel = PlanPanel(self)
         self.export_panel = ExportPanel(self)
+        self.why_panel = WhyPanel(self)
         for panel, name in (
             (self.anatomy_panel, "Anatomy"),
             (self.lesion_panel, "Lesion"),
             (self.trajectory_panel, "Trajectories"),
             (self.plan_panel, "Plan"),
             (self.export_panel, "Export"),
+            (self.why_panel, "Why?"),
         ):
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
@@ -155,6 +162,10 @@ class MainWindow(QMainWindow):
         dock.setMinimumWidth(600)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
         self.dock = dock
+        self.fluoro_dock = fluoro_dock(self)
+        self.fluoro_panel = self.fluoro_dock.widget()
+        self.fusion_dock = fusion_dock(self)
+        self.fusion_panel = self.fusion_dock.widget()
 
     def _build_status(self) -> None:
         bar = self.statusBar()
@@ -272,7 +283,7 @@ class MainWindow(QMainWindow):
             "&Plan trajectories", self.run_plan, "Ctrl+Alt+3", tip="Step 3: search every approach"
         )
         self.step_actions = []
-        for i, name in enumerate(("Anatomy", "Lesion", "Trajectories", "Plan", "Export")):
+        for i, name in enumerate(STEP_NAMES):
             self.step_actions.append(
                 a(
                     f"Step {i + 1}: {name}",
@@ -315,6 +326,9 @@ class MainWindow(QMainWindow):
         m.addSeparator()
         m.addAction(self.act_teaching)
         m.addAction(self.act_volume)
+        m.addSeparator()
+        m.addAction(self.fluoro_dock.toggleViewAction())
+        m.addAction(self.fusion_dock.toggleViewAction())
         m = mb.addMenu("&Workflow")
         m.addAction(self.act_anatomy)
         m.addAction(self.act_plan)
@@ -451,7 +465,7 @@ class MainWindow(QMainWindow):
             point = np.asarray(case.metrics.centroid_lps, float)
             self.steps.setCurrentIndex(1)
         elif step == "plan":
-            self.steps.setCurrentIndex(2)
+            self.steps.setCurrentIndex(WHY_TAB if self.teaching else 2)
         if point is not None:
             self._view("crosshair", lambda: self._grid.set_crosshair(point))
             self._show_cursor(point)
@@ -630,10 +644,12 @@ class MainWindow(QMainWindow):
             self._view("zones", lambda: show(on))
 
     def set_teaching(self, on: bool) -> None:
-        """Teaching mode hides identifiers (banner and title)."""
+        """Teaching mode hides identifiers (banner, title, report) and shows the "why?" panel."""
         self.teaching = bool(on)
         self._update_banner()
         self._update_title()
+        if self.teaching:
+            self.steps.setCurrentIndex(WHY_TAB)
 
     def _set_volume_rendering(self, on: bool) -> None:
         self._view("volume rendering", lambda: self._grid.set_volume_rendering(on))

@@ -44,6 +44,8 @@ from scipy.spatial import ConvexHull, QhullError
 from geometry.carm_geometry import progression_direction
 from imaging.atomic import atomic_path
 from imaging.drr import (
+    DEFAULT_SID_MM,
+    DEFAULT_SOD_MM,
     AttenuationVolume,
     CArmGeometry,
     Drr,
@@ -393,8 +395,11 @@ class FluoroView(QWidget):
         self._current = "ap"
         self._layout = "1x1"
         self._case_seq = 0
+        self._prep_seq = 0
+        self._prep_image: object | None = None  # the image whose volumes are ready or coming
         self._std: dict[str, PlanFluoroView] = {}
         self._std_for = -1
+        self._geometry_options: dict[str, float] = {}
         self._last_needle_update = -math.inf
         self._dragging = False
         self._prep_signals = _PrepSignals()
@@ -464,9 +469,18 @@ class FluoroView(QWidget):
         """Show a case (:class:`planning.case.Case`: its CT, and anatomy and lesion when found).
 
         The attenuation volumes are prepared in a worker thread; the panels fill in when done.
+        The same case again (its anatomy or lesion changed) keeps the prepared volumes: only
+        the views and overlays are rebuilt.
         """
+        image = case.image  # type: ignore[attr-defined]
+        same_image = self._prep_image is image
         self._case = case
         self._case_seq += 1
+        if same_image:
+            self._iso = self._isocenter(case)
+            self._lesion_points = self._lesion_cloud(case)
+            self._rebuild_views()
+            return
         self._volumes = None
         for p in self._panels:
             p.drr = None
@@ -474,11 +488,12 @@ class FluoroView(QWidget):
             p.requested_key = None
             p.message = "preparing the radiograph..."
             p.update()
-        image = case.image  # type: ignore[attr-defined]
         self._iso = self._isocenter(case)
         self._lesion_points = self._lesion_cloud(case)
         self._rebuild_views()
-        seq = self._case_seq
+        self._prep_seq += 1
+        self._prep_image = image
+        seq = self._prep_seq
 
         def prepare() -> tuple[AttenuationVolume, AttenuationVolume]:
             return (prepare_volume(image), prepare_volume(image, downsample=_FAST_DOWNSAMPLE))
@@ -514,6 +529,34 @@ class FluoroView(QWidget):
         self._rebuild_views()
         if self._dragging:
             self._idle.start()
+
+    def set_carm_distances(self, sid_mm: float, sod_mm: float | None = None) -> None:
+        """Source-to-detector (and source-to-isocentre) distance of every view, mm.
+
+        Raises
+        ------
+        SacroplanError
+            Not ``0 < sod_mm < sid_mm`` (the isocentre must lie between source and detector).
+        """
+        sid = float(sid_mm)
+        sod = float(sod_mm) if sod_mm is not None else self.carm_distances()[1]
+        if not (math.isfinite(sid) and math.isfinite(sod) and 0.0 < sod < sid):
+            raise SacroplanError(
+                f"the source-isocentre distance ({sod:.0f} mm) must be shorter than the"
+                f" source-detector distance ({sid:.0f} mm)"
+            )
+        self._geometry_options = {"sid_mm": sid, "sod_mm": sod}
+        self._std_for = -1
+        for p in self._panels:
+            p.requested_key = None
+        self._rebuild_views()
+
+    def carm_distances(self) -> tuple[float, float]:
+        """``(sid_mm, sod_mm)`` used for every view."""
+        return (
+            float(self._geometry_options.get("sid_mm", DEFAULT_SID_MM)),
+            float(self._geometry_options.get("sod_mm", DEFAULT_SOD_MM)),
+        )
 
     def set_view(self, name: str) -> None:
         """Show view ``name`` in the single layout (``"ap"``, ``"lateral"``, ``"inlet"``,
@@ -622,13 +665,15 @@ class FluoroView(QWidget):
         anatomy = getattr(self._case, "anatomy", None)
         if anatomy is not None:
             try:
-                return plan_views(anatomy, isocenter_lps=self._iso)
+                return plan_views(anatomy, isocenter_lps=self._iso, **self._geometry_options)
             except SacroplanError as exc:
                 log.warning("standard views from the anatomy failed (%s): fallback angles", exc)
         out = {}
         for name, d in _FALLBACK_DIRECTIONS.items():
             carm = view_for_detector_direction(np.array(d))
-            geometry = CArmGeometry(self._iso, carm.detector_direction_lps)
+            geometry = CArmGeometry(
+                self._iso, carm.detector_direction_lps, **self._geometry_options
+            )
             out[name] = PlanFluoroView(name, carm, geometry)
         return out
 
@@ -642,7 +687,9 @@ class FluoroView(QWidget):
             be = bulls_eye_view(e, t)
             be = CArmView(be.primary_deg, be.secondary_deg, f"Bull's-eye of needle {n}: {be.text}")
             out[f"bulls_eye_{n}"] = PlanFluoroView(
-                f"bulls_eye_{n}", be, CArmGeometry(t, be.detector_direction_lps)
+                f"bulls_eye_{n}",
+                be,
+                CArmGeometry(t, be.detector_direction_lps, **self._geometry_options),
             )
             try:
                 d = progression_direction(t - e, preferred_lps=side)
@@ -653,7 +700,9 @@ class FluoroView(QWidget):
             pv = view_for_detector_direction(d)
             pv = CArmView(pv.primary_deg, pv.secondary_deg, f"Progression of needle {n}: {pv.text}")
             out[f"progression_{n}"] = PlanFluoroView(
-                f"progression_{n}", pv, CArmGeometry(0.5 * (e + t), d)
+                f"progression_{n}",
+                pv,
+                CArmGeometry(0.5 * (e + t), d, **self._geometry_options),
             )
         return out
 
@@ -749,7 +798,7 @@ class FluoroView(QWidget):
 
     # -- events --------------------------------------------------------------------------------
     def _on_prepared(self, seq: int, result: object) -> None:
-        if seq != self._case_seq:
+        if seq != self._prep_seq:
             return  # a newer case was opened meanwhile
         if isinstance(result, Exception):
             for p in self._panels:

@@ -231,6 +231,7 @@ class FusionView(QWidget):
         self._map_timer.setInterval(MAP_DELAY_MS)
         self._map_timer.timeout.connect(self._start_mapping)
         self._overlay_slice: np.ndarray | None = None
+        self._step = (1.0, 1.0)  # nudge step: mm, degrees
 
         # controls
         self._orient = QComboBox()
@@ -280,10 +281,15 @@ class FusionView(QWidget):
             ):
                 b = QPushButton(text)
                 b.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-                b.setMaximumWidth(56)
+                b.setMinimumWidth(64)
+                b.setMaximumWidth(80)
                 b.clicked.connect(
-                    lambda _c=False, a=row - 1, m=mm, d=deg: self._nudge_axis(a, m, d)
+                    lambda _c=False, a=row - 1, m=mm, d=deg: self._nudge_axis(
+                        a, m * self._step[0], d * self._step[1]
+                    )
                 )
+                b.setProperty("nudge_sign", (mm + deg) > 0)
+                b.setProperty("nudge_unit", "mm" if mm else "deg")
                 nudges.addWidget(b, row, col)
                 self.nudge_buttons[f"{axis}{text}"] = b
         self._left = _SliceCanvas()
@@ -399,6 +405,22 @@ class FusionView(QWidget):
         self._redraw()
         self.registered.emit(self._transform)
         self._schedule_mapping()
+
+    def set_nudge_step(self, mm: float, deg: float) -> None:
+        """Step of the nudge buttons: ``mm`` millimetres and ``deg`` degrees."""
+        if not (mm > 0 and deg > 0):
+            raise SacroplanError("nudge steps must be positive (mm and degrees)")
+        self._step = (float(mm), float(deg))
+        for b in self.nudge_buttons.values():
+            sign = "+" if b.property("nudge_sign") else "-"
+            if b.property("nudge_unit") == "mm":
+                b.setText(f"{sign}{mm:g} mm")
+            else:
+                b.setText(f"{sign}{deg:g}°")
+
+    def nudge_step(self) -> tuple[float, float]:
+        """``(mm, degrees)`` of one nudge button press."""
+        return self._step
 
     def register(self) -> None:
         """Start the mutual-information registration in a worker thread."""

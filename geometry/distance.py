@@ -241,34 +241,159 @@ def _envelope_line(f: np.ndarray, s2: float, v: np.ndarray, gv: np.ndarray, z: n
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _box_edt_sq(sites: np.ndarray, s2x: float, s2y: float, s2z: float) -> np.ndarray:
-    """Squared distance (mm^2) from every voxel centre to the union of the site voxels' boxes."""
+def _box_edt_ij(sites: np.ndarray, s2x: float, s2y: float) -> np.ndarray:
+    """The first two passes (axes i and j) of the squared distance (mm^2) to the union of the
+    site voxels' boxes: per ``k`` slice, exact within each slice."""
     nk, nj, ni = sites.shape
     g = np.empty((nk, nj, ni), dtype=np.float64)
-    nmax = max(ni, max(nj, nk)) + 2
-    # axis i (contiguous)
-    for k in numba.prange(nk):
-        v = np.empty(nmax)
-        gv = np.empty(nmax)
-        z = np.empty(nmax)
-        for j in range(nj):
-            row = g[k, j]
-            for i in range(ni):
-                row[i] = 0.0 if sites[k, j, i] else _INF
-            _envelope_line(row, s2x, v, gv, z)
-    # axis j
+    nmax = max(ni, nj) + 2
     for k in numba.prange(nk):
         v = np.empty(nmax)
         gv = np.empty(nmax)
         z = np.empty(nmax)
         buf = np.empty(nj)
+        # axis i (contiguous)
+        for j in range(nj):
+            row = g[k, j]
+            for i in range(ni):
+                row[i] = 0.0 if sites[k, j, i] else _INF
+            _envelope_line(row, s2x, v, gv, z)
+        # axis j
         for i in range(ni):
             for j in range(nj):
                 buf[j] = g[k, j, i]
             _envelope_line(buf, s2y, v, gv, z)
             for j in range(nj):
                 g[k, j, i] = buf[j]
-    # axis k
+    return g
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _box_gap_sq(n: int, lo: float, hi: float, s: float) -> np.float32:
+    """Squared distance (mm^2, float32) along one axis from index ``n`` to [lo - 1/2, hi + 1/2]."""
+    gap = max(max(lo - 0.5 - n, n - hi - 0.5), 0.0) * s
+    return np.float32(gap * gap)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _box_mm(k: int, j: int, i: int, lo: np.ndarray, hi: np.ndarray, sp: np.ndarray) -> np.float32:
+    """Distance (mm, float32) from voxel ``(k, j, i)`` to the box ``[lo - 1/2, hi + 1/2]``
+    (voxel units; ``sp`` the spacing along k, j, i)."""
+    sq = np.float32(0.0)
+    sq += _box_gap_sq(k, lo[0], hi[0], sp[0])
+    sq += _box_gap_sq(j, lo[1], hi[1], sp[1])
+    sq += _box_gap_sq(i, lo[2], hi[2], sp[2])
+    return np.float32(math.sqrt(np.float64(sq)))  # = the float32 square root (exact rounding)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _fill_far(
+    result: np.ndarray,
+    rat: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    sp: np.ndarray,
+    margin: np.float32,
+) -> None:
+    """``result = max(box distance, margin)``: the lower bound beyond the computed crop.
+    ``result[0, 0, 0]`` is grid voxel ``rat`` (k, j, i)."""
+    nk, nj, ni = result.shape
+    for k in numba.prange(nk):
+        for j in range(nj):
+            for i in range(ni):
+                b = _box_mm(k + rat[0], j + rat[1], i + rat[2], lo, hi, sp)
+                result[k, j, i] = b if b > margin else margin
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _box_edt_k_outside(
+    g: np.ndarray,
+    s2z: float,
+    gat: np.ndarray,
+    result: np.ndarray,
+    rat: np.ndarray,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    sp: np.ndarray,
+    margin: np.float32,
+) -> None:
+    """Last pass (axis k) of :func:`_box_edt_ij`'s ``g`` (grid voxels from ``gat``), written as
+    outside distances ``max(min(d, margin), box distance)`` (mm, float32) into the voxels of
+    ``result`` (grid voxels from ``rat``) it covers."""
+    nk, nj, ni = g.shape
+    rk, rj, ri = result.shape
+    nmax = nk + 2
+    for j in numba.prange(nj):
+        v = np.empty(nmax)
+        gv = np.empty(nmax)
+        z = np.empty(nmax)
+        buf = np.empty(nk)
+        jj = j + gat[1] - rat[1]
+        if jj < 0 or jj >= rj:
+            continue
+        for i in range(ni):
+            ii = i + gat[2] - rat[2]
+            if ii < 0 or ii >= ri:
+                continue
+            for k in range(nk):
+                buf[k] = g[k, j, i]
+            _envelope_line(buf, s2z, v, gv, z)
+            for k in range(nk):
+                kk = k + gat[0] - rat[0]
+                if kk < 0 or kk >= rk:
+                    continue
+                d = np.float32(math.sqrt(buf[k]))
+                if d > margin:
+                    d = margin
+                b = _box_mm(k + gat[0], j + gat[1], i + gat[2], lo, hi, sp)
+                result[kk, jj, ii] = d if d > b else b
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _box_edt_k_inside(
+    g: np.ndarray,
+    s2z: float,
+    gat: np.ndarray,
+    inside: np.ndarray,
+    result: np.ndarray,
+    rat: np.ndarray,
+) -> float:
+    """Last pass (axis k) of the distance to the outside voxels: ``result = -d`` (mm, float32)
+    at the voxels of ``inside`` (``g``'s shape, grid voxels from ``gat``) that ``result`` (grid
+    voxels from ``rat``) covers. Returns the largest such ``d``."""
+    nk, nj, ni = g.shape
+    rk, rj, ri = result.shape
+    nmax = nk + 2
+    deepest = np.zeros(nj)
+    for j in numba.prange(nj):
+        v = np.empty(nmax)
+        gv = np.empty(nmax)
+        z = np.empty(nmax)
+        buf = np.empty(nk)
+        jj = j + gat[1] - rat[1]
+        if jj < 0 or jj >= rj:
+            continue
+        for i in range(ni):
+            ii = i + gat[2] - rat[2]
+            if ii < 0 or ii >= ri:
+                continue
+            for k in range(nk):
+                buf[k] = g[k, j, i]
+            _envelope_line(buf, s2z, v, gv, z)
+            for k in range(nk):
+                kk = k + gat[0] - rat[0]
+                if 0 <= kk < rk and inside[k, j, i]:
+                    d = np.float32(math.sqrt(buf[k]))
+                    result[kk, jj, ii] = -d
+                    deepest[j] = max(deepest[j], d)
+    return deepest.max()
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _box_edt_k_sqrt(g: np.ndarray, s2z: float, out: np.ndarray) -> None:
+    """Last pass (axis k) of :func:`_box_edt_ij`'s ``g``: ``out = sqrt`` (mm, float32)."""
+    nk, nj, ni = g.shape
+    nmax = nk + 2
     for j in numba.prange(nj):
         v = np.empty(nmax)
         gv = np.empty(nmax)
@@ -279,14 +404,7 @@ def _box_edt_sq(sites: np.ndarray, s2x: float, s2y: float, s2z: float) -> np.nda
                 buf[k] = g[k, j, i]
             _envelope_line(buf, s2z, v, gv, z)
             for k in range(nk):
-                g[k, j, i] = buf[k]
-    return g
-
-
-def _box_edt_mm(sites: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    s2 = spacing * spacing
-    g = _box_edt_sq(np.ascontiguousarray(sites), float(s2[0]), float(s2[1]), float(s2[2]))
-    return np.sqrt(g)
+                out[k, j, i] = np.float32(math.sqrt(buf[k]))
 
 
 def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -299,27 +417,12 @@ def _bbox(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lo, hi
 
 
-def _box_distance_mm(
-    shape: tuple[int, int, int], lo: np.ndarray, hi: np.ndarray, spacing_kji: np.ndarray
-) -> np.ndarray:
-    """Distance from every voxel centre to the box ``[lo - 1/2, hi + 1/2]`` (voxel units), in mm."""
-    sq = np.zeros(shape, dtype=np.float32)
-    for axis in range(3):
-        n = np.arange(shape[axis], dtype=np.float64)
-        gap = (
-            np.maximum(np.maximum(lo[axis] - 0.5 - n, n - hi[axis] - 0.5), 0.0) * spacing_kji[axis]
-        )
-        view = [np.newaxis] * 3
-        view[axis] = slice(None)
-        sq += (gap * gap).astype(np.float32)[tuple(view)]
-    return np.sqrt(sq)
-
-
 def signed_distance_mm(
     mask: np.ndarray,
     spacing_xyz: Sequence[float] | np.ndarray,
     *,
     crop_margin_mm: float | None = 30.0,
+    region: tuple[slice, slice, slice] | None = None,
 ) -> np.ndarray:
     """Signed Euclidean distance, in mm, from every voxel centre to a mask's half-way surface.
 
@@ -333,6 +436,10 @@ def signed_distance_mm(
         Compute only on the mask's bounding box grown by this margin. Values are exact where the
         exact distance is below the margin and inside the structure; elsewhere they are a
         1-Lipschitz lower bound (never larger than the exact distance). ``None``: exact everywhere.
+    region : tuple of 3 slices, optional, keyword-only
+        Return only this box of the grid (``[k, j, i]`` slices with unit steps): the same values
+        as the whole grid's result there (to float rounding in ties), with working memory for
+        the box and the margin around it only.
 
     Returns
     -------
@@ -340,12 +447,14 @@ def signed_distance_mm(
         Negative inside, positive outside; the surface is the boundary of the union of the inside
         voxels' boxes (half-way between inside and outside centres, see the module notes). An empty
         mask gives ``+EMPTY_DISTANCE_MM`` everywhere, a full one ``-EMPTY_DISTANCE_MM``. The grid
-        edge is not a surface: distances are measured to voxels of the grid only.
+        edge is not a surface: distances are measured to voxels of the grid only. The region's
+        shape when ``region`` is given.
 
     Raises
     ------
     ValueError
-        If the mask is not 3-D, the spacing is not positive, or the margin is negative.
+        If the mask is not 3-D, the spacing is not positive, the margin is negative, or the
+        region is not a box of the grid.
     """
     mask = np.asarray(mask, dtype=bool)
     if mask.ndim != 3:
@@ -356,39 +465,71 @@ def signed_distance_mm(
     if crop_margin_mm is not None and not crop_margin_mm >= 0:
         raise ValueError(f"crop margin must be >= 0 mm, got {crop_margin_mm}")
     shape = mask.shape
+    size = np.array(shape, dtype=np.int64)
+    if region is None:
+        r_lo, r_hi = np.zeros(3, dtype=np.int64), size.copy()
+    else:
+        if len(region) != 3 or any(r.step not in (None, 1) for r in region):
+            raise ValueError("the region must be three slices with unit steps")
+        r_lo = np.array([r.indices(n)[0] for r, n in zip(region, shape, strict=True)])
+        r_hi = np.array([r.indices(n)[1] for r, n in zip(region, shape, strict=True)])
+        if np.any(r_hi <= r_lo):
+            raise ValueError(f"the region {region} holds no voxel of the grid {shape}")
+    r_shape = tuple(int(v) for v in r_hi - r_lo)
     if not mask.any():
-        return np.full(shape, EMPTY_DISTANCE_MM, dtype=np.float32)
+        return np.full(r_shape, EMPTY_DISTANCE_MM, dtype=np.float32)
     if mask.all():
-        return np.full(shape, -EMPTY_DISTANCE_MM, dtype=np.float32)
+        return np.full(r_shape, -EMPTY_DISTANCE_MM, dtype=np.float32)
     spacing_kji = spacing[::-1].copy()
     lo, hi = _bbox(mask)
-    size = np.array(shape, dtype=np.int64)
 
-    def crop(grow: np.ndarray) -> tuple[slice, ...]:
-        a = np.maximum(lo - grow, 0)
-        b = np.minimum(hi + grow + 1, size)
+    def grown(a: np.ndarray, b: np.ndarray, by: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.maximum(a - by, 0), np.minimum(b + by, size)
+
+    def cut(a: np.ndarray, b: np.ndarray) -> tuple[slice, ...]:
         return tuple(slice(int(x), int(y)) for x, y in zip(a, b, strict=True))
 
+    # Working memory: the result, and one float64 array of the part being transformed.
+    s2 = spacing * spacing
+    result = np.empty(r_shape, dtype=np.float32)
     if crop_margin_mm is None:
-        out_crop = tuple(slice(0, n) for n in shape)
-    else:
-        out_crop = crop(np.ceil(crop_margin_mm / spacing_kji).astype(np.int64) + 1)
-    in_crop = crop(np.ones(3, dtype=np.int64))
-
-    result = np.empty(shape, dtype=np.float32)
-    sub = mask[out_crop]
-    d_out = _box_edt_mm(sub, spacing).astype(np.float32)
-    if crop_margin_mm is None:
-        result[...] = d_out
+        g = _box_edt_ij(np.ascontiguousarray(mask), float(s2[0]), float(s2[1]))
+        full = np.empty(shape, dtype=np.float32) if region is not None else result
+        _box_edt_k_sqrt(g, float(s2[2]), full)
+        if region is not None:
+            result[...] = full[cut(r_lo, r_hi)]
+        del full
+        reach = size  # every outside voxel counts
     else:
         margin = np.float32(crop_margin_mm)
-        box = _box_distance_mm(shape, lo, hi, spacing_kji)
-        result[...] = np.maximum(box, margin)
-        result[out_crop] = np.maximum(np.minimum(d_out, margin), box[out_crop])
-    d_in = _box_edt_mm(~mask[in_crop], spacing).astype(np.float32)
-    inside = mask[in_crop]
-    region = result[in_crop]
-    region[inside] = -d_in[inside]
+        # sites farther than the margin from the region change nothing there (values clipped)
+        reach = np.ceil(crop_margin_mm / spacing_kji).astype(np.int64) + 1
+        o_lo, o_hi = grown(lo, hi + 1, reach)  # the mask's box grown by the margin
+        a, b = grown(r_lo, r_hi, reach)
+        a, b = np.maximum(o_lo, a), np.minimum(o_hi, b)
+        lo_f, hi_f = lo.astype(np.float64), hi.astype(np.float64)
+        _fill_far(result, r_lo, lo_f, hi_f, spacing_kji, margin)
+        if np.all(b > a):
+            g = _box_edt_ij(np.ascontiguousarray(mask[cut(a, b)]), float(s2[0]), float(s2[1]))
+            _box_edt_k_outside(g, float(s2[2]), a, result, r_lo, lo_f, hi_f, spacing_kji, margin)
+            del g
+    # inside: depth below the surface, not clipped; the outside voxels around the region first
+    i_lo, i_hi = grown(lo, hi + 1, np.ones(3, dtype=np.int64))
+    for attempt in range(2):
+        a, b = grown(r_lo, r_hi, reach) if attempt == 0 else (i_lo, i_hi)
+        a, b = np.maximum(i_lo, a), np.minimum(i_hi, b)
+        if not np.all(b > a):
+            break
+        inside = np.ascontiguousarray(mask[cut(a, b)])
+        g = _box_edt_ij(~inside, float(s2[0]), float(s2[1]))
+        deepest = _box_edt_k_inside(g, float(s2[2]), a, inside, result, r_lo)
+        del g, inside
+        # exact unless an outside voxel beyond the cut could be nearer than the deepest depth
+        cut_off = (a > i_lo) | (b < i_hi)
+        if not cut_off.any() or deepest <= float(
+            np.min(spacing_kji[cut_off] * (reach[cut_off] + 0.5))
+        ):
+            break
     return result
 
 
@@ -438,10 +579,17 @@ class DistanceField:
         spacing: np.ndarray,
         direction: np.ndarray,
         crop_margin_mm: float | None = 30.0,
+        region: tuple[slice, slice, slice] | None = None,
     ) -> DistanceField:
-        """The signed distance field of a mask on a grid (see :func:`signed_distance_mm`)."""
-        values = signed_distance_mm(mask, spacing, crop_margin_mm=crop_margin_mm)
+        """The signed distance field of a mask on a grid (see :func:`signed_distance_mm`).
+
+        With ``region`` (``[k, j, i]`` slices of the mask's grid), the field covers that box
+        only: its grid starts at the box's first voxel (:func:`sub_grid_origin`).
+        """
+        values = signed_distance_mm(mask, spacing, crop_margin_mm=crop_margin_mm, region=region)
         exact = math.inf if crop_margin_mm is None else float(crop_margin_mm)
+        if region is not None:
+            origin = sub_grid_origin(origin, spacing, direction, region)
         return cls(values, origin, spacing, direction, exact_within_mm=exact)
 
     @property
@@ -466,6 +614,19 @@ class DistanceField:
             and np.allclose(self.spacing, other.spacing, atol=tol_mm)
             and np.allclose(self.direction, other.direction, atol=1e-6)
         )
+
+
+def sub_grid_origin(
+    origin: np.ndarray,
+    spacing: np.ndarray,
+    direction: np.ndarray,
+    region: tuple[slice, slice, slice],
+) -> np.ndarray:
+    """World position (mm, LPS) of the first voxel of ``region`` (``[k, j, i]`` slices of a
+    grid with this geometry): the origin of the grid that box forms."""
+    origin, spacing, direction = _as_grid(origin, spacing, direction)
+    ijk = np.array([region[2].start or 0, region[1].start or 0, region[0].start or 0], float)
+    return origin + direction @ (spacing * ijk)
 
 
 def union_field(fields: Sequence[DistanceField]) -> tuple[DistanceField, np.ndarray]:

@@ -353,6 +353,45 @@ def build_field_stack(
     )
 
 
+@dataclass(frozen=True, eq=False)
+class QuantizedField:
+    """A distance field already in the stack's fixed-point codes (2 bytes a voxel).
+
+    Made with :meth:`of` before a :class:`FieldStackBuilder` writes its stack (whose memory is
+    taken as soon as one channel is written), so that large fields can be computed while only
+    their codes are kept; :meth:`FieldStackBuilder.add` takes it like a
+    :class:`~geometry.distance.DistanceField`, with the same result.
+
+    Parameters
+    ----------
+    codes : (K, J, I) int16 ndarray
+        ``quantize_mm`` of the field's values.
+    origin, spacing, direction, exact_within_mm
+        As for :class:`~geometry.distance.DistanceField`.
+    """
+
+    codes: np.ndarray
+    origin: np.ndarray
+    spacing: np.ndarray
+    direction: np.ndarray
+    exact_within_mm: float = math.inf
+
+    @classmethod
+    def of(cls, field: DistanceField) -> QuantizedField:
+        """The codes of ``field``.
+
+        Raises
+        ------
+        ValueError
+            The field has non-finite values.
+        """
+        src = np.ascontiguousarray(field.values, dtype=np.float32)
+        out = np.empty(src.shape + (1,), dtype=np.int16)
+        if _quantize_channel(src, out, 0):
+            raise ValueError("the distance field has non-finite values")
+        return cls(out[..., 0], field.origin, field.spacing, field.direction, field.exact_within_mm)
+
+
 #: Role of each named structure of a stack (foramina are added with ``add_foramen``).
 _STRUCTURE_ROLES = {
     "sacrum": TRACK_SIGN,
@@ -409,25 +448,30 @@ class FieldStackBuilder:
         self._foramen_channels: list[int] = []
         self._exact = math.inf
 
-    def _put(self, field: DistanceField, name: str, role: int) -> int:
+    def _put(self, field: DistanceField | QuantizedField, name: str, role: int) -> int:
         c = len(self._names)
         if c >= self._values.shape[3]:
             raise ValueError(f"the stack was made for {c} channels; {name} is one too many")
-        if field.values.shape != self._values.shape[:3] or not (
+        quantized = isinstance(field, QuantizedField)
+        shape = field.codes.shape if quantized else field.values.shape
+        if shape != self._values.shape[:3] or not (
             np.allclose(field.origin, self._origin, atol=1e-3)
             and np.allclose(field.spacing, self._spacing, atol=1e-3)
             and np.allclose(field.direction, self._direction, atol=1e-6)
         ):
             raise ValueError(f"the {name} distance field is not on the stack's grid")
-        src = np.ascontiguousarray(field.values, dtype=np.float32)
-        if _quantize_channel(src, self._values, c):
-            raise ValueError(f"the {name} distance field has non-finite values")
+        if quantized:
+            self._values[..., c] = field.codes
+        else:
+            src = np.ascontiguousarray(field.values, dtype=np.float32)
+            if _quantize_channel(src, self._values, c):
+                raise ValueError(f"the {name} distance field has non-finite values")
         self._names.append(name)
         self._track.append(role)
         self._exact = min(self._exact, float(field.exact_within_mm))
         return c
 
-    def add(self, structure: str, field: DistanceField) -> int:
+    def add(self, structure: str, field: DistanceField | QuantizedField) -> int:
         """Quantize the field of ``structure`` into the next channel; returns the channel.
 
         ``structure`` is one of ``sacrum``, ``canal``, ``pelvic_side``, ``si_joint``,
@@ -440,7 +484,7 @@ class FieldStackBuilder:
         self._roles[structure] = self._put(field, structure, _STRUCTURE_ROLES[structure])
         return self._roles[structure]
 
-    def add_foramen(self, name: str, field: DistanceField) -> int:
+    def add_foramen(self, name: str, field: DistanceField | QuantizedField) -> int:
         """Quantize the field of the foramen ``name`` (e.g. ``"left S1"``) into the next channel."""
         c = self._put(field, f"foramen {name}", TRACK_MIN)
         self._foramen_names.append(name)

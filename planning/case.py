@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from imaging.anatomy import AnatomyMasks, segment_anatomy
+from imaging.anatomy_grid import release_free_memory
 from imaging.anatomy_mr import segment_anatomy_mr
 from imaging.errors import SacroplanError
 from imaging.labels import Label
@@ -119,6 +120,7 @@ class Case:
             self.masks = segment_anatomy_mr(self.image, progress=progress, cancel=cancel)
         self.anatomy = SacralAnatomy.from_masks(self.masks)
         self.notes.extend(self.masks.notes)
+        release_free_memory()  # the landmarks' working memory too, not only the masks'
         self.timings_s["anatomy"] = time.perf_counter() - t0
         return self.anatomy
 
@@ -140,6 +142,7 @@ class Case:
         )
         self.timings_s["lesion"] = time.perf_counter() - t0
         self.metrics = self.measure_lesion()
+        release_free_memory()  # the metrics' working memory (zone map, masks on the study grid)
         return self.metrics
 
     def _bone_for_seed(self, seed: np.ndarray) -> Volume:

@@ -20,12 +20,12 @@ import numba
 import numpy as np
 from scipy import ndimage as ndi
 
-from geometry.distance import DistanceField, signed_distance_mm
-from geometry.fieldstack import FieldStack, FieldStackBuilder
+from geometry.distance import DistanceField, signed_distance_mm, sub_grid_origin
+from geometry.fieldstack import FieldStack, FieldStackBuilder, QuantizedField
 from geometry.kernels import NeedleScores, score_needles, score_one
 from geometry.pooling import pool_labels, pool_mask
 from geometry.rays import exit_distance_mm
-from imaging.anatomy_grid import label_masks
+from imaging.anatomy_grid import label_masks, release_free_memory, sparse_zeros
 from imaging.canal_lumbar import follow_lumbar_canal
 from imaging.errors import OperationCancelledError, SacroplanError
 from imaging.volume import Volume
@@ -98,11 +98,19 @@ class ApproachResult:
 
 
 # -- fields ------------------------------------------------------------------------------------
-def build_fields(case: Case, *, canal: np.ndarray | None = None) -> FieldStack:
+def build_fields(
+    case: Case,
+    *,
+    canal: np.ndarray | None = None,
+    box: tuple[slice, slice, slice] | None = None,
+) -> FieldStack:
     """Distance fields of the sacrum, foramina, canal, SI joints, ilia, pelvic side and lesion.
 
-    All on the anatomy crop grid, in mm (spacing and direction honoured). ``canal`` is the
-    canal with the lumbar canal (:func:`canal_with_lumbar`) when the caller has it already.
+    All on the anatomy crop grid (:func:`field_grid`), in mm (spacing and direction honoured).
+    ``canal`` is the canal with the lumbar canal (:func:`canal_with_lumbar`) when the caller has
+    it already. ``box`` (``[k, j, i]`` slices of that grid) keeps only that part of the grid,
+    with the same values there (the search stores only where its needles read,
+    :func:`_reads_box`).
 
     Raises
     ------
@@ -116,55 +124,192 @@ def build_fields(case: Case, *, canal: np.ndarray | None = None) -> FieldStack:
     grid = field_grid(crop)
     geo = {"origin": grid.origin, "spacing": grid.spacing, "direction": grid.direction}
     factors = field_factors(crop.spacing)
-
-    def field_of(mask: np.ndarray, *, danger: bool = True) -> DistanceField:
-        pooled = pool_mask(mask, factors, any_voxel=danger)
-        return DistanceField.from_mask(pooled, crop_margin_mm=FIELD_MARGIN_MM, **geo)
-
-    # Each field goes into the int16 stack as soon as it is made (one float32 field alive at a
-    # time), and full-size masks are pooled and dropped before the next one is made.
-    found = {f.name: int(f.label) for f in m.foramina if f.label > 0}
-    stack = FieldStackBuilder(
-        grid.array.shape, grid.origin, grid.spacing, grid.direction, n_channels=6 + len(found)
-    )
+    shape = grid.array.shape
+    region = box if box is not None else tuple(slice(0, n) for n in shape)
+    origin = sub_grid_origin(grid.origin, grid.spacing, grid.direction, region)
     lesion = _lesion_on_crop(case)
-    pooled_lesion = pool_mask(lesion, factors, any_voxel=False)
-    sacrum_field = field_of(m.masks["sacrum"] | lesion, danger=False)
-    del lesion
-    stack.add("sacrum", sacrum_field)
-    cortex = pool_mask(m.masks["anterior_cortex"], factors, any_voxel=True)
+
+    def field_of(masks: list[np.ndarray], *, danger: bool = True) -> DistanceField:
+        """The field of the masks' union over ``region`` (masks pooled over their own boxes, in
+        slabs: no crop-size temporary)."""
+        pooled = _pool_union(masks, factors, shape, any_voxel=danger)
+        return DistanceField.from_mask(pooled, crop_margin_mm=FIELD_MARGIN_MM, region=box, **geo)
+
+    # The stack takes its memory when its first channel is written: the large fields are made
+    # before that and kept as int16 codes meanwhile; the small ones go in as they are made. One
+    # float32 field is alive at a time.
+    sacrum_field = DistanceField.from_mask(
+        _pool_union([m.masks["sacrum"], lesion], factors, shape, any_voxel=False),
+        crop_margin_mm=FIELD_MARGIN_MM,
+        **geo,
+    )  # on the whole grid: the pelvic side is found from it
+    cortex = _pool_union([m.masks["anterior_cortex"]], factors, shape, any_voxel=True)
     pelvic = _pelvic_side(sacrum_field.values, cortex, grid.spacing)
-    del sacrum_field, cortex
-    if found:
-        pooled_foramina = pool_labels(
-            m.masks["foramina"], factors, max(found.values()), any_voxel=True
+    del cortex
+    if box is not None:
+        sacrum_field = DistanceField(
+            sacrum_field.values[box],
+            origin,
+            grid.spacing,
+            grid.direction,
+            exact_within_mm=sacrum_field.exact_within_mm,
         )
-        for name, label in found.items():
-            field = DistanceField.from_mask(
-                pooled_foramina[label - 1], crop_margin_mm=FIELD_MARGIN_MM, **geo
-            )
-            stack.add_foramen(name, field)
-            del field
-        del pooled_foramina
+    codes = {"sacrum": QuantizedField.of(sacrum_field)}
+    del sacrum_field
+    codes["pelvic_side"] = QuantizedField.of(
+        DistanceField.from_mask(pelvic, crop_margin_mm=FIELD_MARGIN_MM, region=box, **geo)
+    )
+    del pelvic
     if canal is None:
         canal = canal_with_lumbar(m.masks["canal"], crop)
-    stack.add("canal", field_of(canal))
-    stack.add("pelvic_side", DistanceField.from_mask(pelvic, crop_margin_mm=FIELD_MARGIN_MM, **geo))
-    del pelvic
-    stack.add("si_joint", field_of(m.masks["si_joint_left"] | m.masks["si_joint_right"]))
-    stack.add("ilium", field_of(m.masks["left_ilium"] | m.masks["right_ilium"], danger=False))
-    stack.add(
-        "lesion", DistanceField.from_mask(pooled_lesion, crop_margin_mm=FIELD_MARGIN_MM, **geo)
+    codes["canal"] = QuantizedField.of(field_of([canal]))
+    joints = [m.masks["si_joint_left"], m.masks["si_joint_right"]]
+    codes["si_joint"] = QuantizedField.of(field_of(joints))
+    ilia = [m.masks["left_ilium"], m.masks["right_ilium"]]
+    codes["ilium"] = QuantizedField.of(field_of(ilia, danger=False))
+
+    release_free_memory()  # what the large fields' working memory left, before the stack
+    found = {f.name: int(f.label) for f in m.foramina if f.label > 0}
+    k, j, i = (r.stop - r.start for r in region)
+    stack = FieldStackBuilder(
+        (k, j, i), origin, grid.spacing, grid.direction, n_channels=6 + len(found)
     )
+    stack.add("sacrum", codes.pop("sacrum"))
+    if found:
+        at, pooled_foramina = _pool_labels_box(
+            m.masks["foramina"], factors, shape, max(found.values()), any_voxel=True
+        )
+        for name, label in found.items():
+            pooled = np.zeros(shape, dtype=bool)
+            pooled[at] = pooled_foramina[label - 1]
+            field = DistanceField.from_mask(
+                pooled, crop_margin_mm=FIELD_MARGIN_MM, region=box, **geo
+            )
+            stack.add_foramen(name, field)
+            del field, pooled
+        del pooled_foramina
+    for name in ("canal", "pelvic_side", "si_joint", "ilium"):
+        stack.add(name, codes.pop(name))
+    stack.add("lesion", field_of([lesion], danger=False))
     return stack.build()
 
 
+def _reads_box(
+    case: Case, grid: Volume, paths: list[tuple[np.ndarray, ...]]
+) -> tuple[slice, slice, slice]:
+    """The part of the field grid ``grid`` the search's needles read: a box of whole voxels.
+
+    The kernel reads a needle along its axis from the skin entry to the tip, at points clamped
+    to the grid (so the box of the clamped points of all needles is the box of their entries
+    and tips, clamped), and from the tip forward while it is in the sacrum (so within the
+    pooled sacrum and lesion), each point with the 8 voxels around it. The cement cap reads the
+    lesion's box and its keep-out margin. A stack on this box gives the search the same values
+    (:func:`build_fields`).
+    """
+    assert case.masks is not None and case.lesion is not None
+    shape = np.array(grid.array.shape)
+    lo, hi = shape.copy(), np.zeros(3, dtype=np.int64)
+    points = [p for path in paths for p in path[:2] if len(p)]
+    if points:
+        ijk = grid.world_to_index(np.vstack(points))[:, ::-1]  # (k, j, i)
+        ijk = np.clip(ijk, 0, shape - 1)
+        lo = np.minimum(lo, np.floor(ijk.min(axis=0)).astype(np.int64) - 1)
+        hi = np.maximum(hi, np.ceil(ijk.max(axis=0)).astype(np.int64) + 2)
+    m = case.masks
+    factors = field_factors(m.image.spacing)
+    lesion = _lesion_on_crop(case)
+    pad = cement_margin_voxels(grid.spacing) + 2
+    for masks, grow in (([m.masks["sacrum"], lesion], 3), ([lesion], pad)):
+        got = _block_box(masks, factors, tuple(shape))
+        if got is not None:
+            lo = np.minimum(lo, got[0] - grow)
+            hi = np.maximum(hi, got[1] + grow)
+    lo, hi = np.clip(lo, 0, shape), np.clip(hi, 0, shape)
+    if np.any(hi - lo < 2):
+        return tuple(slice(0, int(n)) for n in shape)  # type: ignore[return-value]
+    return _slices(lo, hi)  # type: ignore[return-value]
+
+
+#: Pooling works through the masks in slabs of this many blocks along k.
+_POOL_SLAB_BLOCKS = 8
+
+
+def _block_box(
+    masks: list[np.ndarray], factors: tuple[int, int, int], shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pooled-grid box ``(lo, hi)`` (k, j, i; hi exclusive) of the blocks holding any
+    nonzero voxel of ``masks`` (within the whole blocks of ``shape``), or None."""
+    extents = [e for e in (_extent(mk) for mk in masks) if e is not None]
+    if not extents:
+        return None
+    f = np.array(factors)
+    lo = np.min([e[0] for e in extents], axis=0) // f
+    hi = np.minimum(-(-np.max([e[1] for e in extents], axis=0) // f), shape)
+    return (lo, hi) if np.all(hi > lo) else None
+
+
+def _pool_union(
+    masks: list[np.ndarray],
+    factors: tuple[int, int, int],
+    shape: tuple[int, ...],
+    *,
+    any_voxel: bool,
+) -> np.ndarray:
+    """``pool_mask(masks[0] | masks[1] | ..., factors)`` (nonzero = inside) on the field grid of
+    ``shape``, computed over the masks' box in slabs of whole blocks: the same result without a
+    mask-size temporary."""
+    out = np.zeros(shape, dtype=bool)
+    box = _block_box(masks, factors, shape)
+    if box is None:
+        return out
+    (k0, j0, i0), (k1, j1, i1) = box
+    fk, fj, fi = factors
+    for k in range(int(k0), int(k1), _POOL_SLAB_BLOCKS):
+        ke = min(k + _POOL_SLAB_BLOCKS, int(k1))
+        cut = (slice(k * fk, ke * fk), slice(j0 * fj, j1 * fj), slice(i0 * fi, i1 * fi))
+        union = masks[0][cut] != 0
+        for mk in masks[1:]:
+            union |= mk[cut] != 0
+        out[k:ke, j0:j1, i0:i1] = pool_mask(union, factors, any_voxel=any_voxel)
+    return out
+
+
+def _pool_labels_box(
+    labels: np.ndarray,
+    factors: tuple[int, int, int],
+    shape: tuple[int, ...],
+    n_labels: int,
+    *,
+    any_voxel: bool,
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """``pool_labels(labels, ...)`` on the field grid of ``shape``, only over the labels' box:
+    that box (slices of the field grid) and the ``(n_labels, ...)`` pooled masks inside it
+    (every label is empty outside it)."""
+    box = _block_box([labels], factors, shape)
+    if box is None:
+        return (slice(0, 0),) * 3, np.zeros((n_labels, 0, 0, 0), dtype=bool)
+    lo, hi = box
+    cut = _slices(lo * np.array(factors), hi * np.array(factors))
+    return _slices(lo, hi), pool_labels(labels[cut], factors, n_labels, any_voxel=any_voxel)
+
+
 def _lesion_on_crop(case: Case) -> np.ndarray:
-    """The lesion mask on the anatomy crop (bool), cut before it is compared: no study-size
-    temporary."""
+    """The lesion mask (uint8, nonzero inside) cut to the anatomy crop: a view, no copy."""
     assert case.lesion is not None and case.masks is not None
     m = case.masks
-    return _crop_of(case.lesion.mask.array, m.crop_index, m.image.array.shape) > 0
+    i0, j0, k0 = m.crop_index
+    k, j, i = m.image.array.shape
+    return case.lesion.mask.array[k0 : k0 + k, j0 : j0 + j, i0 : i0 + i]
+
+
+def _sparse_copy(mask: np.ndarray) -> np.ndarray:
+    """A copy of a bool mask that takes memory only around its voxels (:func:`sparse_zeros`)."""
+    out = sparse_zeros(mask.shape, bool)
+    extent = _extent(mask)
+    if extent is not None:
+        box = _slices(*extent)
+        out[box] = mask[box]
+    return out
 
 
 def danger_surfaces(case: Case, *, canal: np.ndarray | None = None) -> DangerSurfaces:
@@ -377,10 +522,10 @@ def lesion_targets(case: Case) -> np.ndarray:
     """Tip targets (T, 3), mm LPS: the lesion centroid, then lattice points deep inside it."""
     assert case.lesion is not None and case.metrics is not None
     mask = case.lesion.mask
-    inside = mask.array > 0
-    kji = np.argwhere(inside)
-    lo, hi = kji.min(axis=0), kji.max(axis=0) + 1
-    sub = inside[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    extent = _extent(mask.array)  # the lesion's box: no study-size temporary
+    assert extent is not None
+    lo, hi = extent
+    sub = mask.array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] > 0
     depth = ndi.distance_transform_edt(np.pad(sub, 1), sampling=mask.spacing[::-1])[
         1:-1, 1:-1, 1:-1
     ]
@@ -395,7 +540,7 @@ def lesion_targets(case: Case) -> np.ndarray:
         points = points[order[: MAX_TARGETS - 1]]
     c_ijk = np.round(mask.world_to_index(centroid)).astype(int)
     centroid_inside = bool(
-        np.all((c_ijk >= 0) & (c_ijk < mask.size)) and inside[c_ijk[2], c_ijk[1], c_ijk[0]]
+        np.all((c_ijk >= 0) & (c_ijk < mask.size)) and mask.array[c_ijk[2], c_ijk[1], c_ijk[0]] > 0
     )
     head = [centroid] if centroid_inside or not len(points) else []
     return np.vstack([*head, points]) if len(points) else np.asarray(head)
@@ -638,18 +783,23 @@ def plan_case(
     report = progress or (lambda _f, _s: None)
     t0 = time.perf_counter()
     report(0.0, "distance fields")
-    canal = canal_with_lumbar(case.masks.masks["canal"], case.masks.image)
-    stack = build_fields(case, canal=canal)
-    t_fields = time.perf_counter()
+    canal = _sparse_copy(canal_with_lumbar(case.masks.masks["canal"], case.masks.image))
     body = body_mask(case.image)
     targets = lesion_targets(case)
     needles = _needle_choices(options.needle_id)
     radius = max(n.radius_mm for n in needles)
     centroid = np.asarray(case.metrics.centroid_lps, dtype=np.float64)
     zone = case.metrics.denis_zone
+    registry = approach_registry()
+    paths = {a.key: _approach_paths(case, a, body, targets, zone) for a in registry.values()}
+    del body
+    # only the part of the field grid the needles read is stored
+    box = _reads_box(case, field_grid(case.masks.image), list(paths.values()))
+    stack = build_fields(case, canal=canal, box=box)
+    release_free_memory()
+    t_fields = time.perf_counter()
     results: dict[str, ApproachResult] = {}
     probe = _BoneProbe.of(case)
-    registry = approach_registry()
     for n, approach in enumerate(registry.values()):
         if cancel is not None and cancel():
             raise OperationCancelledError("planning was cancelled")
@@ -658,7 +808,7 @@ def plan_case(
             case,
             approach,
             stack,
-            body,
+            None,
             probe,
             targets,
             centroid,
@@ -666,11 +816,20 @@ def plan_case(
             radius,
             options.margins,
             zone,
+            paths=paths.pop(approach.key),
         )
     report(0.9, "suggestion")
     t_search = time.perf_counter()
+    # what needs the fields is done first: the surfaces are made once they are released
+    scored = _score_picked(case, results, stack, probe, needles)
+    cement = _cement(case, stack, options)
+    del stack, probe
+    release_free_memory()
     surfaces = danger_surfaces(case, canal=canal)
-    plan = _assemble_plan(case, results, stack, surfaces, probe, options, needles, zone)
+    del canal
+    plan = _assemble_plan(case, results, scored, surfaces, options, needles, zone, cement)
+    del surfaces, results, scored
+    release_free_memory()  # the stage's working memory goes back to the system
     t_end = time.perf_counter()
     case.timings_s["plan"] = t_end - t0
     case.timings_s["plan_fields"] = t_fields - t0
@@ -687,19 +846,11 @@ def _needle_choices(needle_id: str | None) -> list[Needle]:
     return [get_needle(i) for i in AUTO_NEEDLES if i in known]
 
 
-def _search_approach(
-    case: Case,
-    approach: Approach,
-    stack: FieldStack,
-    body: Volume,
-    probe: _BoneProbe,
-    targets: np.ndarray,
-    centroid: np.ndarray,
-    needles: list[Needle],
-    radius_mm: float,
-    margins: Margins,
-    zone: int | None,
-) -> ApproachResult:
+def _approach_paths(
+    case: Case, approach: Approach, body: Volume, targets: np.ndarray, zone: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The needles an approach tries: ``(entries, tips, dirs, sides)``, every direction of its
+    cone to every target, entering where the line back from the target leaves the body."""
     assert case.anatomy is not None
     entries_l, tips_l, sides_l, dirs_l = [], [], [], []
     for side in _sides_for(approach, case, zone):
@@ -712,10 +863,31 @@ def _search_approach(
         tips_l.append(t[ok])
         dirs_l.append(d[ok])
         sides_l.append(np.full(int(ok.sum()), side))
-    entries = np.vstack(entries_l)
-    tips = np.vstack(tips_l)
-    dirs = np.vstack(dirs_l)
-    sides = np.concatenate(sides_l)
+    return np.vstack(entries_l), np.vstack(tips_l), np.vstack(dirs_l), np.concatenate(sides_l)
+
+
+def _search_approach(
+    case: Case,
+    approach: Approach,
+    stack: FieldStack,
+    body: Volume | None,
+    probe: _BoneProbe,
+    targets: np.ndarray,
+    centroid: np.ndarray,
+    needles: list[Needle],
+    radius_mm: float,
+    margins: Margins,
+    zone: int | None,
+    *,
+    paths: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> ApproachResult:
+    """Score an approach's needles (``paths`` from :func:`_approach_paths`, made from ``body``
+    when not given)."""
+    assert case.anatomy is not None
+    if paths is None:
+        assert body is not None
+        paths = _approach_paths(case, approach, body, targets, zone)
+    entries, tips, dirs, sides = paths
     if not len(entries):
         return ApproachResult(
             approach,
@@ -933,6 +1105,23 @@ def score_trajectory(
     entry = np.asarray(entry_lps, dtype=np.float64)
     tip = np.asarray(target_lps, dtype=np.float64)
     s = score_one(entry, tip, fields, radius_mm=n.radius_mm, lesion_centroid=lesion_centroid)
+    return _trajectory_candidate(
+        s, entry, tip, n, margins, approach, side, bone_entry_lps, surfaces
+    )
+
+
+def _trajectory_candidate(
+    s: NeedleScores,
+    entry: np.ndarray,
+    tip: np.ndarray,
+    n: Needle,
+    margins: Margins,
+    approach: str | None,
+    side: str | None,
+    bone_entry_lps: np.ndarray | None,
+    surfaces: DangerSurfaces | None,
+) -> Candidate:
+    """:func:`score_trajectory` from the needle's field scores ``s`` (:func:`score_one`)."""
     if surfaces is not None:
         s = _with_exact_clearances(s, surfaces, entry, tip, n.radius_mm)
     may_cross = approach is not None and approach_registry()[approach].may_cross_si_joint
@@ -1061,42 +1250,68 @@ def _candidate(
     )
 
 
-def _assemble_plan(
+#: A picked needle scored on the fields: (index in its approach's result, needle, bone entry
+#: (LPS mm) or None, its :func:`score_one` scores).
+_Scored = tuple[int, Needle, np.ndarray | None, NeedleScores]
+
+
+def _score_picked(
     case: Case,
     results: dict[str, ApproachResult],
     stack: FieldStack,
-    surfaces: DangerSurfaces,
     probe: _BoneProbe,
-    options: PlanOptions,
     needles: list[Needle],
-    zone: int | None,
-) -> Plan:
-    assert case.metrics is not None and case.lesion is not None and case.anatomy is not None
+) -> dict[str, list[_Scored]]:
+    """The candidates each approach keeps (:func:`_pick`), re-scored one by one on the fields
+    with the needle that reaches (as :func:`score_trajectory` does), so that the plan is
+    assembled after the fields are released."""
+    assert case.metrics is not None
     centroid = np.asarray(case.metrics.centroid_lps, dtype=np.float64)
-    candidates: list[Candidate] = []
-    best: dict[str, dict[str, Any]] = {}
+    out: dict[str, list[_Scored]] = {}
     for key, r in results.items():
-        picked = _pick(r)
-        if not picked:
-            best[key] = {"blocked_by": r.blocked_by or ["no feasible needle"]}
-            continue
-        for n_pick, i in enumerate(picked):
+        out[key] = []
+        for i in _pick(r):
             needle = _needle_for(float(r.scores.length_mm[i]), needles)  # type: ignore[union-attr]
             dirn = r.tips[i] - r.entries[i]
             dirn /= np.linalg.norm(dirn)
             bone_at = probe.distance(r.entries[i : i + 1], dirn[None, :])[0]
             bone_entry = None if not np.isfinite(bone_at) else r.entries[i] + bone_at * dirn
-            cand = score_trajectory(
-                r.entries[i],
-                r.tips[i],
+            entry = np.asarray(r.entries[i], dtype=np.float64)
+            tip = np.asarray(r.tips[i], dtype=np.float64)
+            s = score_one(entry, tip, stack, radius_mm=needle.radius_mm, lesion_centroid=centroid)
+            out[key].append((i, needle, bone_entry, s))
+    return out
+
+
+def _assemble_plan(
+    case: Case,
+    results: dict[str, ApproachResult],
+    scored: dict[str, list[_Scored]],
+    surfaces: DangerSurfaces,
+    options: PlanOptions,
+    needles: list[Needle],
+    zone: int | None,
+    cement: Any,
+) -> Plan:
+    assert case.metrics is not None and case.lesion is not None and case.anatomy is not None
+    candidates: list[Candidate] = []
+    best: dict[str, dict[str, Any]] = {}
+    for key, r in results.items():
+        picked = scored[key]
+        if not picked:
+            best[key] = {"blocked_by": r.blocked_by or ["no feasible needle"]}
+            continue
+        for n_pick, (i, needle, bone_entry, s) in enumerate(picked):
+            cand = _trajectory_candidate(
+                s,
+                np.asarray(r.entries[i], dtype=np.float64),
+                np.asarray(r.tips[i], dtype=np.float64),
                 needle,
-                fields=stack,
-                margins=options.margins,
-                approach=key,
-                lesion_centroid=centroid,
-                side=str(r.sides[i]),
-                bone_entry_lps=bone_entry,
-                surfaces=surfaces,
+                options.margins,
+                key,
+                str(r.sides[i]),
+                bone_entry,
+                surfaces,
             )
             cand = _with_score(cand, float(r.rank[i]))
             if n_pick == 0:
@@ -1119,7 +1334,6 @@ def _assemble_plan(
                 source="suggested",
             ),
         )
-    cement = _cement(case, stack, options)
     rfa = _rfa(case, chosen, options) if options.with_rfa and chosen is not None else None
     lesion = case.metrics.to_json()
     lesion["seed_lps"] = [float(v) for v in case.lesion.seed_lps]
@@ -1232,7 +1446,10 @@ def _cement(case: Case, stack: FieldStack, options: PlanOptions) -> Any:
     # The cap reads only the lesion's box on the field grid: the lesion and the bone are pooled
     # over the whole blocks around it, and only that box of each keep-out channel is converted.
     factors = np.array(field_factors(m.image.spacing))
-    grid = np.array(stack.shape)
+    full = field_grid(m.image)
+    grid = np.array(full.array.shape)
+    # the stack may hold a box of the field grid only (plan_case): where it starts (k, j, i)
+    start = np.round(full.world_to_index(stack.origin[None, :])[0, ::-1]).astype(np.int64)
     i0, j0, k0 = m.crop_index
     at = np.array([k0, j0, i0])
     extent = _extent(case.lesion.mask.array)
@@ -1252,7 +1469,11 @@ def _cement(case: Case, stack: FieldStack, options: PlanOptions) -> Any:
     box: tuple[slice, ...] = ()
     if lesion.any():
         box = cement_box(lesion, stack.spacing)
-        part = _slices(lo + [b.start for b in box], lo + [b.stop for b in box])
+        first = lo + [b.start for b in box] - start
+        last = lo + [b.stop for b in box] - start
+        if np.any(first < 0) or np.any(last > np.array(stack.shape)):
+            raise ValueError("the field stack does not cover the lesion's surroundings")
+        part = _slices(first, last)
         for name, ch in (("canal", stack.canal), ("si_joint", stack.si_joint)):
             if ch >= 0:
                 keep_out[name] = stack.channel_mm(ch, part)

@@ -66,6 +66,43 @@ def surface_points(triangles: np.ndarray, spacing_mm: float) -> np.ndarray:
     return np.vstack(out)
 
 
+#: Triangles handled at a time by :func:`_covering_points` (bounded working memory).
+_TRIANGLE_CHUNK = 65536
+
+
+def _covering_points(
+    vertices: np.ndarray, faces: np.ndarray, spacing_mm: float
+) -> tuple[np.ndarray, float]:
+    """``surface_points(vertices[faces], spacing_mm)`` and the longest edge (mm), computed a
+    chunk of triangles at a time: the same points in the same order, without the (T, 3, 3)
+    triangle array and its temporaries."""
+    if not len(faces):
+        return np.zeros((0, 3)), 0.0
+    chunks = range(0, len(faces), _TRIANGLE_CHUNK)
+    n_sub = np.empty(len(faces), dtype=np.int64)
+    longest = 0.0
+    for c in chunks:
+        tris = vertices[faces[c : c + _TRIANGLE_CHUNK]]
+        edges = np.linalg.norm(tris - np.roll(tris, 1, axis=1), axis=2).max(axis=1)
+        n_sub[c : c + len(tris)] = np.maximum(1, np.ceil(edges / spacing_mm)).astype(int)
+        longest = max(longest, float(edges.max()))
+    levels = np.unique(n_sub)
+    counts = np.bincount(n_sub)[levels] * ((levels + 1) * (levels + 2) // 2)
+    out = np.empty((int(counts.sum()), 3))
+    at = 0
+    for n in levels:  # grouped by subdivision, in triangle order: as surface_points
+        i, j = np.meshgrid(np.arange(n + 1), np.arange(n + 1), indexing="ij")
+        keep = i + j <= n
+        w = np.stack([i[keep], j[keep], n - i[keep] - j[keep]], axis=1) / float(n)
+        picked = np.flatnonzero(n_sub == n)
+        for c in range(0, len(picked), _TRIANGLE_CHUNK):
+            tris = vertices[faces[picked[c : c + _TRIANGLE_CHUNK]]]
+            pts = np.einsum("pv,tvc->tpc", w, tris).reshape(-1, 3)
+            out[at : at + len(pts)] = pts
+            at += len(pts)
+    return out, longest
+
+
 @dataclass(frozen=True)
 class StructureSurface:
     """A structure's triangulated surface (LPS mm) and its inside test.
@@ -119,9 +156,9 @@ class StructureSurface:
             ).astype(np.float32)
         verts, faces, _n, _v = marching_cubes(level, level=0.5, allow_degenerate=False)
         world = sub_grid.index_to_world(verts[:, ::-1].astype(np.float64))
-        tris = world[faces]
-        points = surface_points(tris, POINT_SPACING_MM)
-        longest = float(np.linalg.norm(tris - np.roll(tris, 1, axis=1), axis=2).max())
+        del verts
+        points, longest = _covering_points(world, faces, POINT_SPACING_MM)
+        del faces
         return cls(
             points,
             cKDTree(points, balanced_tree=False, compact_nodes=False),

@@ -156,3 +156,23 @@ def test_mask_on_grid_block_equals_whole_resampling() -> None:
     whole = sitk.Resample(mask.to_sitk(), off.to_sitk(), sitk.Transform(),
                           sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)  # fmt: skip
     np.testing.assert_array_equal(mask_on_grid(mask, off), sitk.GetArrayFromImage(whole) > 0)
+
+
+def test_covering_points_in_chunks_equal_the_whole_triangle_array(monkeypatch) -> None:
+    from skimage.measure import marching_cubes
+
+    import planning.scoring_exact as se
+
+    kk, jj, ii = np.indices((30, 36, 40))
+    solid = ((kk - 15) / 11.0) ** 2 + ((jj - 17) / 14.0) ** 2 + ((ii - 20) / 9.0) ** 2 < 1
+    verts, faces, _n, _v = marching_cubes(solid.astype(np.float32), 0.5)
+    world = verts.astype(np.float64)[:, ::-1] * np.array([0.7, 1.3, 0.45])  # anisotropic
+    tris = world[faces]
+    expected = se.surface_points(tris, 0.4)
+    longest = float(np.linalg.norm(tris - np.roll(tris, 1, axis=1), axis=2).max())
+    monkeypatch.setattr(se, "_TRIANGLE_CHUNK", 700)  # many chunks, split inside each group
+    points, got_longest = se._covering_points(world, faces, 0.4)
+    np.testing.assert_array_equal(points, expected)
+    assert got_longest == longest
+    empty, zero = se._covering_points(world, faces[:0], 0.4)
+    assert empty.shape == (0, 3) and zero == 0.0

@@ -73,9 +73,11 @@ from planning.planner import (
     _search_approach,
     body_mask,
     build_fields,
+    danger_surfaces,
     lesion_targets,
     score_trajectory,
 )
+from planning.scoring_exact import DangerSurfaces
 
 SCHEMA = "sacroplan.multi_needle/1"
 KINDS = ("single", "bilateral", "tandem")
@@ -722,6 +724,25 @@ def _exact(
     )
 
 
+def _rescored(
+    c: Candidate, case: Case, options: PlanOptions, stack: FieldStack, surfaces: DangerSurfaces
+) -> Candidate:
+    """``c`` scored again, its foramen and canal clearances measured on ``surfaces``."""
+    assert case.metrics is not None
+    return score_trajectory(
+        np.asarray(c.skin_entry_lps, dtype=np.float64),
+        np.asarray(c.target_lps, dtype=np.float64),
+        c.needle,
+        fields=stack,
+        margins=options.margins,
+        approach=c.approach,
+        lesion_centroid=np.asarray(case.metrics.centroid_lps, dtype=np.float64),
+        side=c.side,
+        bone_entry_lps=None if c.bone_entry_lps is None else np.asarray(c.bone_entry_lps),
+        surfaces=surfaces,
+    )
+
+
 def spread_region_of(case: Case, *, margin_mm: float = 15.0) -> SpreadRegion:
     """The lesion and the sacrum around it on the anatomy crop grid (see :class:`SpreadRegion`).
 
@@ -805,6 +826,18 @@ def plan_multi_needle(
     single_cand, cov_single, fill_single = _best_single(
         case, pool, full, merit1, plan, region, total_ml, multi, attainable, scoring
     )
+    surfaces: list[DangerSurfaces] = []
+
+    def measured(c: Candidate) -> Candidate:
+        """``c`` with its foramen and canal clearances measured on the structures' surfaces
+        (as the plan's own candidates are), not the search's capped values."""
+        if c.clearance_mm.exact:
+            return c
+        if not surfaces:
+            surfaces.append(danger_surfaces(case))
+        return _rescored(c, case, options, stack, surfaces[0])
+
+    single_cand = measured(single_cand)
     diameter = float(case.metrics.max_diameter_mm)
     cohort_filling = cohort_filling_degree(with_rfa=options.with_rfa)
     head = (
@@ -848,6 +881,7 @@ def plan_multi_needle(
             f"and {multi.min_path_gap_mm:.0f} mm apart along their paths, so one needle is planned"
         )
     (i, j), (ci, cj), cov2, fill2, tip_gap, path_gap = pair
+    ci, cj = measured(ci), measured(cj)
     gain_cov = (cov2 - cov_single) / attainable
     gain_fill = fill2 - fill_single
     placed_well = cov2 / attainable >= min(multi.min_relative_coverage, cov_single / attainable)

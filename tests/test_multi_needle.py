@@ -368,7 +368,8 @@ def test_cli_plans_two_needles_for_the_large_sample_lesion(tmp_path, capsys) -> 
         c = placed.candidate
         line = next(t for t in text.splitlines() if t.strip().startswith(placed.label + ":"))
         assert c.approach in line and f"cement {placed.cement_ml:.2f} mL" in line
-        assert clearance_text(c.clearance_mm.canal, c.needle_od_mm) in line
+        od, exact = c.needle_od_mm, c.clearance_mm.exact
+        assert clearance_text(c.clearance_mm.canal, od, exact=exact) in line
     assert f"tips {block['tip_gap_mm']:.1f} mm apart" in text
     assert block["reasons"][0] in text
 

@@ -334,6 +334,97 @@ def _format_segment(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    """Register an MR to the CT of the same patient; optionally map the MR lesion onto the CT."""
+    import numpy as np
+
+    from imaging.atomic import atomic_path, atomic_write_text
+    from imaging.fusion import map_mask_to_ct, moved_grid, register_mr_to_ct
+    from imaging.lesion import GrowOptions, grow_lesion
+    from planning.case import Case
+
+    for what, path in (("CT", args.ct), ("MR", args.mr)):
+        if not Path(path).exists():
+            raise UserInputError(f"no such file or folder for the {what}: {path}")
+    for opt in (args.out_transform, args.out_labels):
+        if opt and not Path(opt).parent.exists():
+            raise UserInputError(f"the folder of {opt} does not exist")
+    if args.out_transform and not args.out_transform.endswith((".json", ".tfm")):
+        raise UserInputError("--out-transform must end in .json or .tfm (ITK transform)")
+    if args.out_labels and not args.seed:
+        raise UserInputError("--out-labels needs --seed: a point inside the lesion on the MR")
+    ct_case = Case.open(args.ct, series_uid=args.ct_series)
+    mr_case = Case.open(args.mr, series_uid=args.mr_series)
+    ct, mr = ct_case.image, mr_case.image
+    if ct.modality.upper() != "CT":
+        raise UserInputError(
+            f"the first study must be the CT; {args.ct} is {ct.modality} (give CT then MR)"
+        )
+    if mr.modality.upper() == "CT":
+        raise UserInputError(f"the second study must be the MR; {args.mr} is a CT")
+    result = register_mr_to_ct(ct, mr)
+    t = result.transform
+    out: dict[str, Any] = {
+        "ct": str(args.ct),
+        "mr": str(args.mr),
+        "registration": result.to_json(),
+        "transform_note": "CT -> MR: x_mr = R x_ct + t (LPS mm); map_mr_to_ct is its inverse",
+    }
+    if args.seed:
+        seed = np.asarray(parse_triplet(args.seed, what="--seed"), dtype=float)
+        if not bool(np.all(mr.contains_world(seed[None, :]))):
+            raise UserInputError(f"the --seed {args.seed} lies outside the MR volume")
+        # MR muscle has a lesion's signal: the growth stays in the bone the CT's anatomy finds
+        # around the seed, moved onto the MR (as the workstation's fusion dock does)
+        ct_case.find_anatomy()
+        seed_ct = t.map_mr_to_ct(seed[None, :])[0]
+        bone = moved_grid(ct_case._bone_for_seed(seed_ct), t)  # noqa: SLF001
+        mask = grow_lesion(mr, seed, options=GrowOptions(mode="mr"), bone_mask=bone).mask
+        mapped = map_mask_to_ct(mask, ct, t)
+        kji = np.argwhere(mapped.mask.array > 0)
+        centroid = mapped.mask.index_to_world(kji[:, ::-1].astype(float)).mean(axis=0)
+        out["lesion"] = {
+            "seed_mr_lps": [float(v) for v in seed],
+            "volume_ml_mr": round(mapped.volume_ml_mr, 3),
+            "volume_ml_ct": round(mapped.volume_ml_ct, 3),
+            "centroid_ct_lps": [round(float(v), 2) for v in centroid],
+        }
+        if args.out_labels:
+            import SimpleITK as sitk
+
+            with atomic_path(Path(args.out_labels)) as tmp:
+                sitk.WriteImage(mapped.mask.to_sitk(), str(tmp), useCompression=True)
+    if args.out_transform:
+        target = Path(args.out_transform)
+        if target.suffix == ".json":
+            atomic_write_text(target, json.dumps(t.to_json(), indent=2) + "\n")
+        else:
+            import SimpleITK as sitk
+
+            with atomic_path(target) as tmp:
+                sitk.WriteTransform(t.to_sitk(), str(tmp))
+    if args.json:
+        _print_json(out)
+        return EXIT_OK
+    r = out["registration"]
+    lines = [
+        f"MR {args.mr} registered to CT {args.ct} (rigid, mutual information): "
+        f"rotation {r['rotation_deg']:.2f} deg, translation "
+        f"({', '.join(f'{v:.2f}' for v in t.translation_mm)}) mm (CT -> MR), "
+        f"metric {r['initial_metric']:.3f} -> {r['metric']:.3f} from the {r['initial_pose']} "
+        f"start, {r['iterations']} iterations, {r['seconds']:.1f} s",
+    ]
+    if "lesion" in out:
+        les = out["lesion"]
+        c = ", ".join(f"{v:.1f}" for v in les["centroid_ct_lps"])
+        lines.append(
+            f"Lesion on the MR: {les['volume_ml_mr']:.2f} mL; on the CT: {les['volume_ml_ct']:.2f} "
+            f"mL, centroid ({c}) mm LPS"
+        )
+    print("\n".join(lines))
+    return EXIT_OK
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from planning.margins import Margins
     from planning.plan import save_plan
@@ -622,6 +713,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="save the plan (JSON)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser(
+        "fuse", help="register an MR to the CT of the same patient (and map its lesion)"
+    )
+    p.add_argument("ct", help="the CT study (folder, DICOMDIR or file)")
+    p.add_argument("mr", help="the MR study of the same patient")
+    p.add_argument("--ct-series", help="series UID in the CT folder")
+    p.add_argument("--mr-series", help="series UID in the MR folder")
+    p.add_argument("--seed", help="a point in the lesion on the MR (LPS mm): segment and map it")
+    p.add_argument("--out-transform", help="write the CT -> MR transform (.json or ITK .tfm)")
+    p.add_argument("--out-labels", help="write the lesion mapped onto the CT grid (.nii.gz)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_fuse)
 
     p = sub.add_parser("demo", help="generate the sample, read it back and summarise it")
     p.add_argument("--lesion", default="left_ala_s1", choices=sites)

@@ -510,6 +510,32 @@ class MappedMask:
     volume_ml_ct: float
 
 
+def moved_grid(volume: Volume, transform: RigidTransform) -> Volume:
+    """The same voxels on a grid moved rigidly: anatomy at CT point p lands at ``T(p)``.
+
+    Parameters
+    ----------
+    volume : Volume
+        An image or mask in the CT world frame (LPS mm).
+    transform : RigidTransform
+        CT -> MR map.
+
+    Returns
+    -------
+    Volume
+        Same array (shared), origin ``T(origin)``, direction ``R @ direction``: the volume in
+        the MR world frame.
+    """
+    return Volume(
+        array=volume.array,
+        origin=transform.map_ct_to_mr(np.asarray(volume.origin, float)),
+        spacing=volume.spacing,
+        direction=transform.rotation @ np.asarray(volume.direction, float),
+        modality=volume.modality,
+        meta=dict(volume.meta),
+    )
+
+
 def map_mask_to_ct(
     mask_mr: Volume,
     ct: Volume,

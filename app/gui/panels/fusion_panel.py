@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 from app.gui.panels.common import hint_label
 from app.gui.views.fusion_view import FusionView
 from imaging.errors import SacroplanError
-from imaging.fusion import MappedMask, RigidTransform
+from imaging.fusion import MappedMask, RigidTransform, moved_grid
 from imaging.lesion import GrowOptions, grow_lesion
 from imaging.volume import Volume
 
@@ -52,32 +52,6 @@ MR_FILTER = "Images (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.dcm);;All files 
 
 class FusionPanelError(SacroplanError):
     """A fusion action that does not fit the current state (plain message)."""
-
-
-def moved_grid(volume: Volume, transform: RigidTransform) -> Volume:
-    """The same voxels on a grid moved rigidly: anatomy at CT point p lands at ``T(p)``.
-
-    Parameters
-    ----------
-    volume : Volume
-        An image or mask in the CT world frame (LPS mm).
-    transform : RigidTransform
-        CT -> MR map.
-
-    Returns
-    -------
-    Volume
-        Same array (shared), origin ``T(origin)``, direction ``R @ direction``: the volume in
-        the MR world frame.
-    """
-    return Volume(
-        array=volume.array,
-        origin=transform.map_ct_to_mr(np.asarray(volume.origin, float)),
-        spacing=volume.spacing,
-        direction=transform.rotation @ np.asarray(volume.direction, float),
-        modality=volume.modality,
-        meta=dict(volume.meta),
-    )
 
 
 class _TransformCommand(QUndoCommand):

@@ -5,7 +5,9 @@ its metrics and eligibility flags, the suggestion and its reasons, the needles (
 of a multi-needle plan with its clearances, cement share and the coverage), the needle, the C-arm
 angles in words, the cement volume with its band, cap and predicted filling, the RFA plan,
 the pictures (axial and sagittal slices through the needle tip with the anatomy outlines and
-the chosen needle, a 3D view and the bull's-eye view), the best candidate of every approach
+the chosen needle, a 3D view and the bull's-eye view), the simulated fluoroscopy (DRRs of the
+AP, lateral and each needle's bull's-eye view with the plan projected on top:
+:mod:`app.report_fluoro`), the best candidate of every approach
 with its clearances and the reasons, the clearance along the needle depth, the evidence base
 (Tian et al., AJNR 2022), and the software version and date.
 
@@ -24,11 +26,14 @@ import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imaging.atomic import atomic_path, atomic_write_text
 from imaging.errors import SacroplanError
 from planning.plan import Candidate, Plan, clearance_text, software_version
+
+if TYPE_CHECKING:
+    from app.report_fluoro import FluoroFigures
 
 log = logging.getLogger("sacroplan.report")
 
@@ -64,13 +69,17 @@ SECTIONS: tuple[str, ...] = (
     "Cement",
     "Radiofrequency ablation",
     "Images",
+    "Simulated fluoroscopy",
     "Best candidate per approach",
     "Clearance along the needle",
     "Evidence base",
     "About this report",
 )
-#: Sections that start a new page in the PDF.
-_NEW_PAGE = ("Images",)
+#: Sections that start a new page in the PDF (others: a heading never ends a page, see
+#: :func:`keep_together`).
+_NEW_PAGE: tuple[str, ...] = ()
+#: Paragraphs of at most this many lines are not split across two pages.
+_KEEP_LINES = 6
 
 _CSS = """
 body { font-family: 'DejaVu Sans', Arial, sans-serif; font-size: 9.5pt; color: #111; }
@@ -235,8 +244,9 @@ def _candidates_section(plan: Plan) -> str:
     return (
         f"<table class='grid tight' width='100%'>{head}{''.join(rows)}</table>"
         f"<p class='small'>Trajectories evaluated: {_e(counts or '–')}. Clearances are from "
-        "the needle's surface (its outer radius subtracted), conservative (minimum along the "
-        "path); ≥ marks a structure beyond the distance followed (at least that far). "
+        "the needle's surface (its outer radius subtracted) to each structure's segmented "
+        "surface, the smallest along the path; ≥ only where a value is the search's cap (not "
+        "measured exactly: the structure is at least that far). "
         f"Margins: foramina ≥ {plan.margins.foramen_mm:g} mm, canal ≥ "
         f"{plan.margins.canal_mm:g} mm, tip ≥ {plan.margins.anterior_cortex_mm:g} mm inside "
         "the anterior cortex.</p>"
@@ -352,9 +362,11 @@ def _needles_section(plan: Plan) -> str:
             )
         )
     head = (
-        "<tr><th>Needle</th><th>Approach (side)</th><th>Needle type</th>"
-        "<th>Skin to tip / in bone</th><th>Nearest foramen</th><th>Canal</th>"
-        "<th>Bone ahead of tip</th><th>Cement</th><th>Lesion reached by its cement</th></tr>"
+        "<tr><th width='9%'>Needle</th><th width='16%'>Approach (side)</th>"
+        "<th width='9%'>Needle type</th><th width='10%'>Skin to tip / in bone</th>"
+        "<th width='11%'>Nearest foramen</th><th width='8%'>Canal</th>"
+        "<th width='10%'>Bone ahead of tip</th><th width='10%'>Cement</th>"
+        "<th width='17%'>Lesion reached by its cement</th></tr>"
     )
     body = []
     for n in m.needles:
@@ -397,8 +409,9 @@ def _needles_section(plan: Plan) -> str:
         + "<p class='small'>Coverage and filling come from a geometric model of the cement "
         "spread (each needle's cement fills the nearest lesion and sacral bone around its tip), "
         "not from a simulation of cement flow; the cohort (Tian et al., AJNR 2022) averaged "
-        "1.38 needles per lesion. Clearances are from each needle's surface, conservative; "
-        "≥ marks a structure beyond the distance followed.</p>"
+        "1.38 needles per lesion. Clearances are measured from each needle's surface to each "
+        "structure's segmented surface, the smallest along the path; ≥ only where a value is "
+        "the search's cap (not measured exactly).</p>"
     )
 
 
@@ -421,7 +434,7 @@ def _needle_section(plan: Plan) -> str:
             )
         )
     rows += [
-        ("Approach", _e(f"{_approach_label(t.approach)} ({t.source})")),
+        ("Approach", _e(f"{_approach_label(t.approach)} ({_source_text(plan, t, c)})")),
         ("Skin entry", _pt(t.entry_lps)),
         ("Bone entry", _pt(c.bone_entry_lps) if c is not None else "–"),
         ("Tip (target)", _pt(t.target_lps)),
@@ -438,6 +451,24 @@ def _needle_section(plan: Plan) -> str:
     return (
         _kv(rows) + "<p class='small'>Points are LPS millimetres (DICOM patient coordinates).</p>"
     )
+
+
+def _source_text(plan: Plan, t: Any, c: Candidate | None) -> str:
+    """Where the described needle came from: the suggestion, or needle 1 of a multi-needle plan.
+
+    A multi-needle plan's needles all come from the multi-needle search; needle 1 is "the
+    suggestion" only when it is the suggested candidate itself.
+    """
+    m = plan.multi_needle
+    if m is None or len(m.needles) < 2:
+        return t.source
+    of = f"needle 1 of {len(m.needles)}"
+    s = plan.suggestion
+    if c is None or s is None or s.candidate is None or s.candidate >= len(plan.candidates):
+        return of
+    suggested = plan.candidates[s.candidate]
+    same = c.skin_entry_lps == suggested.skin_entry_lps and c.target_lps == suggested.target_lps
+    return f"suggested, {of}" if same else of
 
 
 def _carm_section(plan: Plan) -> str:
@@ -550,6 +581,32 @@ def _images_section(images: Mapping[str, bytes], src: Callable[[str], str]) -> s
     return f"<table width='100%' cellspacing='6'>{rows}</table>"
 
 
+def _fluoro_section(
+    images: Mapping[str, bytes], src: Callable[[str], str], fluoro: FluoroFigures | None
+) -> str:
+    from app.report_fluoro import FLUORO_PREFIX
+
+    keys = [k for k in images if k.startswith(FLUORO_PREFIX)]
+    if not keys:
+        why = (
+            fluoro.missing
+            if fluoro is not None and fluoro.missing
+            else "the study was not opened for it."
+        )
+        return f"<p>No simulated fluoroscopy: {_e(why)}</p>"
+    captions = fluoro.captions if fluoro is not None else {}
+    cells = [
+        f"<td width='50%' valign='top'><img src='{src(k)}' width='330'><br><span "
+        f"class='small'>{_e(captions.get(k, k[len(FLUORO_PREFIX) :].replace('_', ' ')))}"
+        "</span></td>"
+        for k in keys
+    ]
+    rows = "".join("<tr>" + "".join(cells[i : i + 2]) + "</tr>" for i in range(0, len(cells), 2))
+    about = fluoro.about if fluoro is not None else ""
+    about = f"<p class='small'>{_e(about)}</p>" if about else ""
+    return f"<table width='100%' cellspacing='6'>{rows}</table>{about}"
+
+
 def report_html(
     plan: Plan,
     *,
@@ -557,6 +614,7 @@ def report_html(
     anonymous: bool = False,
     notes: list[str] | None = None,
     src: Callable[[str], str] | None = None,
+    fluoro: FluoroFigures | None = None,
 ) -> str:
     """The report as one HTML document.
 
@@ -572,6 +630,9 @@ def report_html(
         Plain notes shown at the end (what could not be drawn, and why).
     src : callable, optional
         How an image key becomes an ``<img src>``; default: a ``data:`` URI.
+    fluoro : FluoroFigures, optional
+        Captions of the simulated fluoroscopy pictures (``drr_*`` keys of ``images``) and
+        how they were made, or why there are none.
     """
     images = dict(images or {})
     notes = list(notes or [])
@@ -581,7 +642,7 @@ def report_html(
 
     src = src or data_uri
     clearance = (
-        f"<img src='{src('clearance')}' width='660'>"
+        f"<p><img src='{src('clearance')}' width='660'></p>"
         if "clearance" in images
         else "<p>No clearance plot (no chosen needle, or the anatomy could not be found).</p>"
     )
@@ -589,6 +650,7 @@ def report_html(
         "Case": _case_section(plan, anonymous=anonymous),
         "Lesion": _lesion_section(plan),
         "Images": _images_section(images, src),
+        "Simulated fluoroscopy": _fluoro_section(images, src, fluoro),
         "Best candidate per approach": _candidates_section(plan),
         "Suggestion": _suggestion_section(plan),
         "Needles": _needles_section(plan),
@@ -616,9 +678,20 @@ def report_html(
 
 # -- images and files --------------------------------------------------------------------------
 def _images_for(
-    plan: Plan, *, case: Any, study_path: str | os.PathLike[str] | None, notes: list[str]
-) -> dict[str, bytes]:
-    """Open the plan's study (or use the workstation's case) and draw every picture."""
+    plan: Plan,
+    *,
+    case: Any,
+    study_path: str | os.PathLike[str] | None,
+    notes: list[str],
+    standard: bool = True,
+    fluoro: bool = True,
+) -> tuple[dict[str, bytes], FluoroFigures | None]:
+    """Open the plan's study (or use the workstation's case) and draw the pictures asked for.
+
+    ``standard``: the slices, 3D, bull's-eye and clearance pictures; ``fluoro``: the
+    simulated fluoroscopy (its pictures are returned with the others, ``drr_*`` keys).
+    """
+    from app.report_fluoro import FluoroFigures, render_fluoro_figures
     from app.report_images import render_report_images
     from planning.export import PlanStudy, StudyNotFoundError, open_plan_study
 
@@ -628,15 +701,29 @@ def _images_for(
         else:
             study = open_plan_study(plan, study=study_path)
     except StudyNotFoundError as exc:
-        notes.append(f"the pictures are missing: {exc}")
-        return {}
+        if standard:
+            notes.append(f"the pictures are missing: {exc}")
+        missing = FluoroFigures(missing=f"the study could not be opened ({exc}).")
+        return {}, missing if fluoro else None
     notes.extend(study.notes)
-    try:
-        return render_report_images(plan, study)
-    except Exception as exc:  # drawing must never cost the user the report itself
-        log.exception("report pictures failed")
-        notes.append(f"the pictures could not be drawn ({type(exc).__name__}: {exc})")
-        return {}
+    out: dict[str, bytes] = {}
+    if standard:
+        try:
+            out = render_report_images(plan, study)
+        except Exception as exc:  # drawing must never cost the user the report itself
+            log.exception("report pictures failed")
+            notes.append(f"the pictures could not be drawn ({type(exc).__name__}: {exc})")
+    figures = None
+    if fluoro:
+        try:
+            figures = render_fluoro_figures(plan, study)
+        except Exception as exc:  # as above: the report is written without them
+            log.exception("simulated fluoroscopy for the report failed")
+            figures = FluoroFigures(
+                missing=f"the radiographs could not be drawn ({type(exc).__name__}: {exc})."
+            )
+        out.update(figures.images)
+    return out, figures
 
 
 def _study_from_case(plan: Plan, case: Any, cls: Any) -> Any:
@@ -690,6 +777,86 @@ def build_document(html_text: str, images: Mapping[str, bytes]) -> Any:
     return doc
 
 
+def _print_layout(doc: Any, writer: Any) -> Any:
+    """A copy of ``doc`` paginated as ``QTextDocument.print_`` lays it out on ``writer``.
+
+    ``print_`` clones a document without a page size, lays the clone out on the printer with
+    2 cm margins (in the screen's logical DPI, scaled to the device) and a page of the
+    printer's size; the copy here is made the same way, so its page breaks are the PDF's.
+    """
+    from PySide6.QtCore import QSizeF
+    from PySide6.QtGui import QGuiApplication
+
+    screen = QGuiApplication.primaryScreen()
+    dpi_x = round(screen.logicalDotsPerInchX()) if screen is not None else 100
+    dpi_y = round(screen.logicalDotsPerInchY()) if screen is not None else 100
+    probe = doc.clone()
+    probe.documentLayout().setPaintDevice(writer)
+    fmt = probe.rootFrame().frameFormat()
+    fmt.setLeftMargin(int(2 / 2.54 * dpi_x))
+    fmt.setRightMargin(int(2 / 2.54 * dpi_x))
+    fmt.setTopMargin(int(2 / 2.54 * dpi_y))
+    fmt.setBottomMargin(int(2 / 2.54 * dpi_y))
+    probe.rootFrame().setFrameFormat(fmt)
+    probe.setPageSize(QSizeF(writer.width(), writer.height()))
+    return probe
+
+
+def keep_together(doc: Any, writer: Any) -> int:
+    """Page breaks so that no heading ends a page and no short paragraph is split.
+
+    A section heading whose next line falls on the next page, and a top-level paragraph of at
+    most :data:`_KEEP_LINES` lines that would be split, start a new page instead (Qt's rich
+    text has no "keep with next"). Works on the layout ``print_`` makes for ``writer``.
+
+    Returns
+    -------
+    int
+        Page breaks added.
+    """
+    from PySide6.QtGui import QTextCursor, QTextFormat
+
+    auto = QTextFormat.PageBreakFlag.PageBreak_Auto
+    added = 0
+    for _ in range(len(SECTIONS) + 8):  # each pass adds at most one break, then lays out again
+        probe = _print_layout(doc, writer)
+        layout = probe.documentLayout()
+        page_h = float(writer.height())
+
+        def page(y: float, page_h: float = page_h) -> int:
+            return int(y // page_h)
+
+        def line_tops(block: Any, layout: Any = layout) -> list[float]:
+            top = layout.blockBoundingRect(block).top()
+            lines = block.layout()
+            return [top + lines.lineAt(i).y() for i in range(lines.lineCount())] or [top]
+
+        move = None
+        block = probe.firstBlock()
+        while block.isValid() and move is None:
+            fmt = block.blockFormat()
+            top_level = block.textList() is None and probe.frameAt(block.position()) is (
+                probe.rootFrame()
+            )
+            if fmt.pageBreakPolicy() == auto and page(line_tops(block)[0]) > 0:
+                tops = line_tops(block)
+                nxt = block.next()
+                if fmt.headingLevel() > 0 and nxt.isValid():
+                    if page(line_tops(nxt)[0]) > page(tops[-1]):
+                        move = block.blockNumber()
+                elif top_level and len(tops) <= _KEEP_LINES and page(tops[-1]) > page(tops[0]):
+                    move = block.blockNumber()
+            block = block.next()
+        if move is None:
+            break
+        cursor = QTextCursor(doc.findBlockByNumber(move))
+        fmt = cursor.blockFormat()
+        fmt.setPageBreakPolicy(QTextFormat.PageBreakFlag.PageBreak_AlwaysBefore)
+        cursor.setBlockFormat(fmt)
+        added += 1
+    return added
+
+
 def write_pdf(html_text: str, images: Mapping[str, bytes], out_path: Path) -> None:
     """Lay out the report with Qt and write it as an A4 PDF (atomically)."""
     from PySide6.QtCore import QMarginsF
@@ -699,11 +866,12 @@ def write_pdf(html_text: str, images: Mapping[str, bytes], out_path: Path) -> No
     with atomic_path(out_path) as tmp:
         writer = QPdfWriter(str(tmp))
         writer.setPageSize(QPageSize(QPageSize.PageSizeId.A4))
-        # QTextDocument.print_ lays the pages out with its own 2 cm margins
-        writer.setPageMargins(QMarginsF(0, 0, 0, 0), QPageLayout.Unit.Millimeter)
+        # what QTextDocument.print_ sets when no margins are set; it adds 2 cm of its own
+        writer.setPageMargins(QMarginsF(2, 2, 2, 2), QPageLayout.Unit.Millimeter)
         writer.setResolution(150)
         writer.setTitle("sacroplan plan report")
         writer.setCreator(f"sacroplan {software_version()}")
+        keep_together(doc, writer)
         doc.print_(writer)
         del writer  # finishes the file
 
@@ -760,23 +928,44 @@ def write_report(
         raise SacroplanError(f"the folder of the report does not exist: {out.parent}")
     if out.is_dir():
         raise SacroplanError(f"{out} is a folder, not a file")
+    from app.report_fluoro import FLUORO_PREFIX, FluoroFigures
+
     notes: list[str] = []
     pictures = dict(images or {})
     wanted = set(IMAGE_CAPTIONS) | {"clearance"}
-    if not draw_images and not wanted <= set(pictures):
+    standard = not wanted <= set(pictures)
+    fluoro_wanted = not any(k.startswith(FLUORO_PREFIX) for k in pictures)
+    fluoro: FluoroFigures | None = None
+    if not draw_images and standard:
         notes.append("the study was not opened (no pictures asked for)")
-    if draw_images and not wanted <= set(pictures):
-        drawn = _images_for(plan, case=case, study_path=study_path, notes=notes)
+    if not draw_images and fluoro_wanted:
+        fluoro = FluoroFigures(missing="the study was not opened (no pictures asked for).")
+    if draw_images and (standard or fluoro_wanted):
+        drawn, fluoro = _images_for(
+            plan,
+            case=case,
+            study_path=study_path,
+            notes=notes,
+            standard=standard,
+            fluoro=fluoro_wanted,
+        )
         for key, png in drawn.items():
             pictures.setdefault(key, png)
     try:
         if suffix == ".pdf":
             text = report_html(
-                plan, images=pictures, anonymous=anonymous, notes=notes, src=lambda k: f"img:{k}"
+                plan,
+                images=pictures,
+                anonymous=anonymous,
+                notes=notes,
+                src=lambda k: f"img:{k}",
+                fluoro=fluoro,
             )
             write_pdf(text, pictures, out)
         else:
-            text = report_html(plan, images=pictures, anonymous=anonymous, notes=notes)
+            text = report_html(
+                plan, images=pictures, anonymous=anonymous, notes=notes, fluoro=fluoro
+            )
             atomic_write_text(out, text)
     except OSError as exc:
         raise SacroplanError(f"cannot write the report {out}: {exc.strerror or exc}") from exc

@@ -527,7 +527,7 @@ def render_report_images(plan: Plan, study: PlanStudy, *, size_px: int = 700) ->
     from planning.export import clearance_profile
 
     chosen = list(plan.trajectories)
-    ods = [_needle_od(plan, t) for t in chosen]
+    ods = [needle_od_mm(plan, t) for t in chosen]
     out = {
         "axial": slice_png(study, chosen, plane="axial", needle_od_mm=ods, size_px=size_px),
         "sagittal": slice_png(study, chosen, plane="sagittal", needle_od_mm=ods, size_px=size_px),
@@ -564,7 +564,8 @@ def _approach_label(key: str | None) -> str:
         return key
 
 
-def _needle_od(plan: Plan, trajectory: Trajectory | None) -> float:
+def needle_od_mm(plan: Plan, trajectory: Trajectory | None) -> float:
+    """Outer diameter (mm) of a chosen needle: catalogue, else its candidate, else 2.4."""
     from imaging.errors import SacroplanError
     from planning.needles import get_needle
 

@@ -50,7 +50,11 @@ def planned(planned_case: tuple[Plan, Path, Case]) -> tuple[Plan, Path]:
 
 
 def _words(text: str) -> str:
-    """PDF text with any run of white space (tabs, line breaks) as one space."""
+    """PDF text with any run of white space (tabs, line breaks) as one space, ligatures
+    (the font's "fl", "fi" glyphs) spelt out."""
+    ligatures = {"\ufb00": "ff", "\ufb01": "fi", "\ufb02": "fl", "\ufb03": "ffi", "\ufb04": "ffl"}
+    for glyph, letters in ligatures.items():
+        text = text.replace(glyph, letters)
     return re.sub(r"\s+", " ", text.replace("\u00ad", "")).strip()
 
 
@@ -124,7 +128,8 @@ def test_html_is_self_contained(planned: tuple[Plan, Path], tmp_path: Path) -> N
     out = write_report(plan, tmp_path / "report.html")
     text = out.read_text()
     sources = re.findall(r"<img src='([^']*)'", text)
-    assert len(sources) == len(IMAGE_CAPTIONS) + 1
+    # the pictures, the clearance plot and the AP, lateral and one bull's-eye radiograph
+    assert len(sources) == len(IMAGE_CAPTIONS) + 1 + 3
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
@@ -165,6 +170,8 @@ def test_pictures_from_the_workstation_are_used_as_given(
     out = write_report(moved, tmp_path / "given.html", images=pictures)
     text = out.read_text()
     assert "pictures are missing" not in text  # the study was not needed
+    # ... except for the simulated fluoroscopy, which says in one line why it is not there
+    assert "No simulated fluoroscopy: the study could not be opened" in text
     for png in pictures.values():
         assert base64.b64encode(png).decode() in text
 
@@ -235,7 +242,8 @@ def test_workstation_case_is_drawn_without_reopening_the_study(
     out = write_report(nowhere, tmp_path / "from-case.html", case=case)
     text = out.read_text()
     assert "Note:" not in text
-    assert len(re.findall(r"<img src='data:image/png;base64,", text)) == len(IMAGE_CAPTIONS) + 1
+    n_pictures = len(re.findall(r"<img src='data:image/png;base64,", text))
+    assert n_pictures == len(IMAGE_CAPTIONS) + 1 + 3  # with the AP, lateral, bull's-eye DRRs
 
 
 # -- multi-needle plans ------------------------------------------------------------------------
@@ -296,3 +304,107 @@ def test_pictures_show_every_needle(two_needles: Plan, planned_case, tmp_path: P
     for key in ("axial", "sagittal", "view3d", "clearance"):
         assert _orange_pixels(one[key]) == 0, key
         assert _orange_pixels(two[key]) > 20, key
+
+
+# -- simulated fluoroscopy and wording ------------------------------------------------------------
+def test_pdf_has_the_simulated_fluoroscopy(planned: tuple[Plan, Path], pdf: Path) -> None:
+    plan, _ = planned
+    text, n_images = _pdf_text(pdf)
+    section = text[text.index("Simulated fluoroscopy") : text.index("Best candidate per approach")]
+    assert "AP. Straight AP (table frame)" in section
+    assert "Lateral: detector 90° toward the patient's left" in section
+    chosen = plan.candidates[plan.suggestion.candidate]
+    assert "Bull's-eye view of the needle" in section
+    assert _words(chosen.c_arm.text) in section  # the bull's-eye angles in words
+    assert "bone dark as on the fluoroscopy monitor" in section
+    assert "1.5 × 1.5 × 1.5 mm voxels" in section  # the resolution used is stated
+    assert n_images >= 5 + 3
+
+
+def _rgb(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=float)
+
+
+def _has_colour(rgb: np.ndarray, uv: np.ndarray, colour: tuple[float, ...], r: int = 2) -> bool:
+    """Some pixel within ``r`` of ``(col, row)`` is ``colour`` (0..1) within 12 levels."""
+    c, w = int(round(uv[0])), int(round(uv[1]))
+    patch = rgb[max(w - r, 0) : w + r + 1, max(c - r, 0) : c + r + 1]
+    target = np.asarray(colour) * 255.0
+    return bool(np.any(np.all(np.abs(patch - target) <= 12.0, axis=-1)))
+
+
+def test_drr_pictures_are_radiographs_with_the_needles_where_they_project(
+    two_needles: Plan, planned_case: tuple[Plan, Path, Case]
+) -> None:
+    from app.report_fluoro import render_fluoro_figures
+    from app.report_images import needle_colour
+    from imaging.drr import DEFAULT_SID_MM, DEFAULT_SOD_MM
+    from planning.export import open_plan_study
+
+    plan, _, _ = planned_case
+    study = open_plan_study(plan)
+    figs = render_fluoro_figures(two_needles, study)
+    assert figs.missing is None
+    keys = ["drr_ap", "drr_lateral", "drr_bulls_eye_1", "drr_bulls_eye_2"]
+    assert list(figs.images) == keys
+    for key in keys:
+        png = figs.images[key]
+        assert png.startswith(PNG_MAGIC)
+        g = figs.geometries[key]
+        rgb = _rgb(png)
+        assert rgb.shape[:2] == g.detector_shape  # one picture pixel per detector pixel
+        gray = rgb.mean(axis=-1)
+        assert gray.std() > 20.0, key  # a radiograph, not a blank picture
+        assert g.sid_mm == DEFAULT_SID_MM and g.sod_mm == DEFAULT_SOD_MM
+        for n, t in enumerate(two_needles.trajectories):
+            tip = g.project_points(np.asarray(t.target_lps, dtype=float))
+            if n == 0 or key != "drr_lateral":  # both tips project together in the lateral
+                assert _has_colour(rgb, tip, needle_colour(n)), (key, n)
+    # the bull's-eye of needle 1 looks down it: entry and tip land on the same pixel
+    g = figs.geometries["drr_bulls_eye_1"]
+    t = two_needles.trajectories[0]
+    uv = g.project_points(np.array([t.entry_lps, t.target_lps], dtype=float))
+    assert np.allclose(uv[0], uv[1], atol=1e-6)
+    assert np.allclose(uv[1], g.principal_point, atol=1e-6)
+    # bone is dark as on a fluoroscopy monitor: the sacrum darker than the air around
+    ap = _rgb(figs.images["drr_ap"]).mean(axis=-1)
+    centre = study.image.index_to_world((np.asarray(study.image.size) - 1) / 2.0)
+    col, row = figs.geometries["drr_ap"].project_points(centre)
+    assert ap[int(row), int(col)] < ap[2, 2]
+    assert "Bull's-eye view of needle 2 (orange" in figs.captions["drr_bulls_eye_2"]
+
+
+def test_mr_study_has_no_radiographs_and_says_why(planned_case) -> None:
+    from app.report_fluoro import render_fluoro_figures
+    from planning.export import open_plan_study
+
+    plan, _, _ = planned_case
+    study = open_plan_study(plan, anatomy=False)
+    mr_image = study.image.with_array(study.image.array, modality="MR")
+    mr = dataclasses.replace(study.case, image=mr_image)
+    figs = render_fluoro_figures(plan, dataclasses.replace(study, case=mr))
+    assert not figs.images and "MR" in figs.missing and "CT" in figs.missing
+    from app.report import report_html
+
+    html_text = report_html(plan, images={}, fluoro=figs)
+    assert "No simulated fluoroscopy: the study is MR" in html_text
+
+
+def test_needle_1_of_a_multi_needle_plan_is_not_called_suggested(
+    two_needles: Plan, tmp_path: Path
+) -> None:
+    out = write_report(two_needles, tmp_path / "two.html", draw_images=False)
+    text = _words(re.sub(r"<[^>]+>", " ", out.read_text()))
+    needle = text[text.index("Needle Needle") : text.index("C-arm angles")]
+    first = two_needles.trajectories[0]
+    suggested = two_needles.candidates[two_needles.suggestion.candidate]
+    same = (first.entry_lps, first.target_lps) == (suggested.skin_entry_lps, suggested.target_lps)
+    assert ("(suggested, needle 1 of 2)" if same else "(needle 1 of 2)") in needle
+    assert "(suggested)" not in needle
+    if not same:
+        assert "suggested" not in needle
+    # the footnotes speak of exact surface clearances, not of a distance followed
+    assert "beyond the distance followed" not in text
+    assert "segmented surface" in text

@@ -48,7 +48,7 @@ from app.gui.panels.export_panel import ExportPanel, report_writer
 from app.gui.panels.fluoro_panel import fluoro_dock
 from app.gui.panels.fusion_panel import fusion_dock
 from app.gui.panels.lesion_panel import LesionPanel
-from app.gui.panels.plan_panel import PlanPanel
+from app.gui.panels.plan_panel import BLOCK_COLORS, PlanPanel
 from app.gui.panels.trajectory_panel import TrajectoryPanel
 from app.gui.panels.why_panel import WhyPanel
 from app.gui.series_browser import SeriesBrowser
@@ -474,19 +474,26 @@ class MainWindow(QMainWindow):
         """What the views draw for the plan's needles (display index = session.needle_keys)."""
         s = self.session
         out = []
+        blocks = s.block_keys()
         for key in s.needle_keys():
             c = s.candidate(key)
             assert c is not None
             cl = [v for v in (c.clearance_mm.foramina, c.clearance_mm.canal) if v is not None]
+            color = clearance_color(min(cl) if cl else None, c.feasible)
+            if key in blocks and c.feasible:  # the needles of a two-needle plan: own colours
+                color = BLOCK_COLORS[blocks.index(key) % len(BLOCK_COLORS)]
+            elif blocks and key != s.selected:  # the other approaches recede behind them
+                color = (color[0] * 0.5, color[1] * 0.5, color[2] * 0.5)
             out.append(
                 NeedleDisplay(
                     entry_lps=np.asarray(c.skin_entry_lps, float),
                     target_lps=np.asarray(c.target_lps, float),
                     diameter_mm=float(c.needle_od_mm),
-                    color=clearance_color(min(cl) if cl else None, c.feasible),
-                    label=f"{key.replace('_', ' ')} {c.side or ''}".strip(),
+                    color=color,
+                    label=s.needle_label(key),
                     selected=key == s.selected,
                     editable=key == s.selected,
+                    labelled=key in blocks,
                 )
             )
         return out
@@ -928,20 +935,47 @@ class MainWindow(QMainWindow):
         )
         if not path:
             return
-        self.write_report(Path(path))
+        # the radiographs are drawn on the worker thread (a second or two), then the report
+        # is written here with the pictures the views show now
+        from app.report import fluoro_figures_for
 
-    def write_report(self, path: Path) -> Path:
-        """Write the report (HTML or PDF by suffix) with the pictures the views show now."""
+        plan, case = self.session.plan_for_saving(), self.session.case
+        runner = self.session.runner
+        if runner.busy:
+            raise SessionError(f"wait for '{runner.name}' to finish (or cancel it) first")
+
+        def task(progress: Callable[[float, str], None], _cancel: Callable[[], bool]) -> Any:
+            progress(0.1, "simulated fluoroscopy for the report")
+            return fluoro_figures_for(plan, case)
+
+        runner.start(
+            "report",
+            task,
+            label="Writing the report",
+            on_done=lambda figures: self.run_guarded(
+                "Report", lambda: self.write_report(Path(path), fluoro=figures)
+            ),
+            on_error=lambda exc: self.session.error.emit("Report", exc),
+        )
+
+    def write_report(self, path: Path, *, fluoro: Any = None) -> Path:  # noqa: ANN401
+        """Write the report (HTML or PDF by suffix) with the pictures the views show now.
+
+        ``fluoro``: the report's radiographs drawn already (:func:`app.report.fluoro_figures_for`);
+        without it they are drawn here.
+        """
         writer = report_writer()
         if writer is None:
             raise SessionError("the report writer is not part of this version of sacroplan")
         anonymous = self.export_panel.anonymous.isChecked() or self.teaching
+        extra = {} if fluoro is None else {"fluoro": fluoro}
         out = writer(  # type: ignore[operator]
             self.session.plan_for_saving(),
             path,
             case=self.session.case,
             anonymous=anonymous,
             images=self.report_images(),
+            **extra,
         )
         self.statusBar().showMessage(f"Report written to {path}", 8000)
         return Path(out)

@@ -8,7 +8,10 @@ trajectory) and the distance fields used to re-score a dragged needle. Long step
 (one drag = one step). Signals tell the views and panels what changed.
 
 Needles shown in the views are the best candidate of every feasible approach, in the
-approach registry's order: display index ``i`` is :attr:`Session.needle_keys` ``[i]``.
+approach registry's order, then the needles of a two-needle block (the plan's
+``multi_needle``: keys ``"needle:1"``, ``"needle:2"``): display index ``i`` is
+:attr:`Session.needle_keys` ``[i]``. After the trajectory search the session decides, as
+``sacroplan plan`` does, whether the lesion needs a second needle (``needles_mode``).
 """
 
 from __future__ import annotations
@@ -39,15 +42,45 @@ from planning.anatomy import SacralAnatomy
 from planning.approaches import approach_registry
 from planning.case import Case
 from planning.margins import Margins
+from planning.multi_needle import (
+    MultiNeedlePlan,
+    cement_cloud,
+    filling_degree,
+    lesion_coverage,
+    plan_multi_needle,
+    segment_distance_mm,
+    spread_region_of,
+    with_multi_needle,
+)
 from planning.needles import get_needle
-from planning.plan import Candidate, Plan, Trajectory
-from planning.planner import PlanOptions, build_fields, plan_case, score_trajectory
+from planning.plan import Candidate, Plan, Trajectory, clearance_text
+from planning.planner import (
+    PlanOptions,
+    build_fields,
+    plan_case,
+    score_trajectory,
+)
 
 log = logging.getLogger("sacroplan.gui.session")
 
 SESSION_SCHEMA = "sacroplan.session/1"
 STATE_KEYS = ("masks", "anatomy", "lesion", "metrics", "plan", "fields")
 ENDPLATE_ID = "endplate"
+BLOCK_PREFIX = "needle:"
+NEEDLE_MODES = ("auto", "1", "2")
+
+
+def block_key(number: int) -> str:
+    """Display key of needle ``number`` (1-based) of a multi-needle block: ``"needle:1"``."""
+    return f"{BLOCK_PREFIX}{number}"
+
+
+def block_number(key: str) -> int | None:
+    """``"needle:2"`` -> 2 (None for an approach key)."""
+    if not key.startswith(BLOCK_PREFIX):
+        return None
+    tail = key[len(BLOCK_PREFIX) :]
+    return int(tail) if tail.isdigit() else None
 
 
 class SessionError(SacroplanError):
@@ -82,7 +115,8 @@ class Session(QObject):
     needle_preview(str, object) : live re-score of a needle being dragged (approach, Candidate)
     dirty_changed(bool) : unsaved changes appeared / were saved
     changed : any change worth autosaving
-    step_done(str) : a background step finished ("open", "anatomy", "lesion", "plan", "restore")
+    step_done(str) : a background step finished ("open", "anatomy", "lesion", "plan",
+        "needles", "restore")
     error(str, object) : a step failed (title, exception)
     message(str) : a short status line
     """
@@ -108,6 +142,7 @@ class Session(QObject):
         self.open_info: dict[str, Any] = {}
         self.grow_options = GrowOptions()
         self.plan_options = PlanOptions()
+        self.needles_mode = "auto"  # NEEDLE_MODES: how many needles the plan gets
         self.selected: str = ""
         self.view_state: dict[str, Any] = {}
         self.plan_path: Path | None = None
@@ -172,9 +207,13 @@ class Session(QObject):
             self.plan_changed.emit()
 
     def _sync_options(self) -> None:
-        """The next search uses the margins of the plan shown (after undo/redo too)."""
+        """The next search uses the margins and the number of needles of the plan shown
+        (after undo/redo too)."""
         if self.plan is not None and self.plan.margins != self.plan_options.margins:
             self.plan_options = dataclasses.replace(self.plan_options, margins=self.plan.margins)
+        mode = None if self.plan is None else self.plan.view_state.get("needles")
+        if mode in NEEDLE_MODES:
+            self.needles_mode = str(mode)
 
     def _set_anatomy(self, anatomy: SacralAnatomy | None) -> None:
         if self.case is None:
@@ -230,7 +269,7 @@ class Session(QObject):
         return out
 
     def needle_keys(self) -> list[str]:
-        """Approach keys with a best candidate, in display order."""
+        """Approach keys with a best candidate, then the block's needles, in display order."""
         if self.plan is None:
             return []
         order = list(approach_registry()) + list(self.plan.best_by_approach)
@@ -239,7 +278,35 @@ class Session(QObject):
             entry = self.plan.best_by_approach.get(key)
             if key not in seen and entry is not None and "candidate" in entry:
                 seen.append(key)
-        return seen
+        return seen + self.block_keys()
+
+    def block(self) -> MultiNeedlePlan | None:
+        """The plan's multi-needle block when it has two needles or more (else None)."""
+        multi = None if self.plan is None else self.plan.multi_needle
+        return multi if multi is not None and len(multi.needles) > 1 else None
+
+    def block_keys(self) -> list[str]:
+        """Display keys of the block's needles (``"needle:1"``, ...; [] without a block)."""
+        multi = self.block()
+        return [] if multi is None else [block_key(n + 1) for n in range(len(multi.needles))]
+
+    def needle_label(self, key: str) -> str:
+        """What the views write next to needle ``key``: ``"needle 1 left"``, ``"transiliac L"``."""
+        number = block_number(key)
+        multi = self.block()
+        if number is not None and multi is not None and 1 <= number <= len(multi.needles):
+            placed = multi.needles[number - 1]
+            return f"{placed.label} {placed.candidate.side or ''}".strip()
+        cand = self.candidate(key)
+        side = "" if cand is None else cand.side or ""
+        return f"{key.replace('_', ' ')} {side}".strip()
+
+    def approach_of(self, key: str) -> str:
+        """The approach key of display key ``key`` (a block needle's own approach)."""
+        if block_number(key) is None:
+            return key
+        cand = self.candidate(key)
+        return key if cand is None else cand.approach
 
     def approach_keys(self) -> list[str]:
         """Every approach of the plan (feasible or blocked) in registry order."""
@@ -249,9 +316,16 @@ class Session(QObject):
         return keys + [k for k in self.plan.best_by_approach if k not in keys]
 
     def candidate(self, key: str) -> Candidate | None:
-        """The best candidate of approach ``key`` (None when blocked or unknown)."""
+        """The best candidate of approach ``key``, or block needle ``key`` (None when blocked
+        or unknown)."""
         if self.plan is None:
             return None
+        number = block_number(key)
+        if number is not None:
+            multi = self.block()
+            if multi is None or not 1 <= number <= len(multi.needles):
+                return None
+            return multi.needles[number - 1].candidate
         entry = self.plan.best_by_approach.get(key, {})
         idx = entry.get("candidate")
         return None if idx is None else self.plan.candidates[idx]
@@ -423,37 +497,82 @@ class Session(QObject):
             raise SessionError("grow the lesion first: click a seed point inside it (step 2)")
         work = _work_copy(case)
         options = self.plan_options
+        mode = self.needles_mode
         view_state = dict(self.view_state)
 
         def task(
             progress: Callable[[float, str], None], cancel: Callable[[], bool]
-        ) -> tuple[Plan, FieldStack]:
+        ) -> tuple[Plan, FieldStack, str]:
             plan = plan_case(
-                work, options=options, progress=lambda f, t: progress(0.85 * f, t), cancel=cancel
+                work, options=options, progress=lambda f, t: progress(0.75 * f, t), cancel=cancel
             )
-            progress(0.9, "distance fields for editing")
+            progress(0.8, "distance fields for editing")
             fields = build_fields(work)
-            return dataclasses.replace(plan, view_state=view_state), fields
+            plan = dataclasses.replace(plan, view_state={**view_state, "needles": mode})
+            if cancel():
+                return plan, fields, ""
+            progress(0.9, "second needle")
+            plan, note = multi_needle_step(work, plan, options, fields, mode)
+            return plan, fields, note
 
-        def done(result: tuple[Plan, FieldStack]) -> None:
-            plan, fields = result
+        def done(result: tuple[Plan, FieldStack, str]) -> None:
+            plan, fields, note = result
             after = self.snapshot()
             after.update(plan=plan, fields=fields)
             self._push_state("Plan trajectories", after)
-            if plan.suggestion is not None and plan.suggestion.approach:
-                self.select(plan.suggestion.approach)
+            self._select_planned()
             registry = approach_registry()
             key = plan.suggestion.approach if plan.suggestion else None
-            self.message.emit(
+            text = (
                 f"Suggested: {registry[key].label if key in registry else key}"
                 if key
                 else "No approach is feasible with these margins"
             )
+            self.message.emit(f"{text}; {note}" if note else text)
             self.step_done.emit("plan")
             if on_done is not None:
                 on_done()
 
         return self._run("plan", task, "Planning trajectories", done)
+
+    def set_needles_mode(self, mode: str, *, on_done: Callable[[], None] | None = None) -> bool:
+        """How many needles: ``"auto"`` (a second one for a lesion over 3 cm when one cannot
+        fill it), ``"1"`` or ``"2"``; re-runs only the multi-needle step on the current plan
+        (off the GUI thread, one undo step). Without a plan it is kept for the next search.
+        """
+        if mode not in NEEDLE_MODES:
+            raise SessionError(f"the number of needles must be auto, 1 or 2, got {mode!r}")
+        if self.plan is None:
+            self.needles_mode = mode
+            self.changed.emit()
+            return False
+        case = self._need_case()
+        if case.anatomy is None or case.masks is None or case.lesion is None:
+            raise SessionError("find the anatomy and grow the lesion, then plan again")
+        base, fields, options = self.plan, self.fields, self.plan_options
+        work = _work_copy(case)
+
+        def task(
+            progress: Callable[[float, str], None], _cancel: Callable[[], bool]
+        ) -> tuple[Plan, FieldStack, str]:
+            stack = fields if fields is not None else build_fields(work)
+            progress(0.2, "second needle")
+            plan, note = multi_needle_step(work, base, options, stack, mode)
+            plan = dataclasses.replace(plan, view_state={**plan.view_state, "needles": mode})
+            return plan, stack, note
+
+        def done(result: tuple[Plan, FieldStack, str]) -> None:
+            plan, stack, note = result
+            after = self.snapshot()
+            after.update(plan=plan, fields=stack)
+            self._push_state(f"Needles: {mode}", after)
+            self._select_planned()
+            self.message.emit(note or _needles_note(plan))
+            self.step_done.emit("needles")
+            if on_done is not None:
+                on_done()
+
+        return self._run("needles", task, "Planning the needles", done)
 
     def _run(self, name: str, task: Callable[..., Any], title: str, done: Callable) -> bool:
         if self.runner.busy:
@@ -481,6 +600,14 @@ class Session(QObject):
         self.selected = key
         self.selection_changed.emit(key)
 
+    def _select_planned(self) -> None:
+        """Select the first needle of a two-needle plan, else the suggested approach."""
+        plan = self.plan
+        if self.block_keys():
+            self.select(self.block_keys()[0])
+        elif plan is not None and plan.suggestion is not None and plan.suggestion.approach:
+            self.select(plan.suggestion.approach)
+
     def _keep_selection(self) -> None:
         if self.selected and self.candidate(self.selected) is None:
             self.selected = ""
@@ -499,6 +626,7 @@ class Session(QObject):
         if self.fields is None or self.case is None or self.plan is None:
             raise SessionError("plan the trajectories first (step 3)")
         old = self.candidate(key)
+        approach = self.approach_of(key)
         metrics = self.case.metrics
         centroid = None if metrics is None else np.asarray(metrics.centroid_lps, float)
         cand = score_trajectory(
@@ -507,7 +635,7 @@ class Session(QObject):
             needle or (old.needle if old is not None else self.plan.needle),
             fields=self.fields,
             margins=margins or self.plan.margins,
-            approach=key if key in approach_registry() else None,
+            approach=approach if approach in approach_registry() else None,
             lesion_centroid=centroid,
             side=None if old is None else old.side,
             bone_entry_lps=None,
@@ -531,11 +659,17 @@ class Session(QObject):
             return
         key = keys[index]
         cand = self.rescore(key, entry_lps, target_lps)
-        self.set_candidate(key, cand, text=f"Move {key} needle", manual=True)
+        self.set_candidate(key, cand, text=f"Move {self.needle_label(key)}", manual=True)
 
     def set_candidate(self, key: str, cand: Candidate, *, text: str, manual: bool) -> None:
-        """Replace the best candidate of ``key`` in a new plan (one undo step)."""
+        """Replace the best candidate of ``key`` (or a block needle) in a new plan (one undo
+        step)."""
         assert self.plan is not None
+        number = block_number(key)
+        if number is not None:
+            plan = self._plan_with_block_needle(self.plan, number, cand, manual=manual)
+            self.push_plan(plan, text)
+            return
         idx = self.plan.best_by_approach[key]["candidate"]
         cands = list(self.plan.candidates)
         cands[idx] = cand
@@ -546,6 +680,28 @@ class Session(QObject):
         if key == self.selected or (plan.suggestion and plan.suggestion.approach == key):
             plan = dataclasses.replace(plan, trajectories=(_trajectory(cand, key, manual),))
         self.push_plan(plan, text)
+
+    def _plan_with_block_needle(
+        self, plan: Plan, number: int, cand: Candidate, *, manual: bool
+    ) -> Plan:
+        """``plan`` with needle ``number`` of its block replaced and the block re-measured."""
+        multi = plan.multi_needle
+        if multi is None or not 1 <= number <= len(multi.needles):
+            raise SessionError(f"the plan has no needle {number}")
+        assert self.case is not None
+        multi = rescore_block(self.case, multi, number, cand, manual=manual)
+        trajectories = list(plan.trajectories)
+        if len(trajectories) == len(multi.needles):
+            trajectories[number - 1] = dataclasses.replace(
+                _trajectory(cand, cand.approach, manual),
+                source="manual" if manual else trajectories[number - 1].source,
+            )
+        view = dict(plan.view_state)
+        if manual:
+            view["edited"] = sorted(set(view.get("edited", [])) | {block_key(number)})
+        return dataclasses.replace(
+            plan, multi_needle=multi, trajectories=tuple(trajectories), view_state=view
+        )
 
     def push_plan(self, plan: Plan, text: str) -> None:
         """Make ``plan`` the current plan as one undo step."""
@@ -563,6 +719,11 @@ class Session(QObject):
     def choose_trajectory(self, key: str) -> None:
         """Make the best needle of ``key`` the plan's chosen trajectory (one undo step)."""
         cand = self.candidate(key)
+        if block_number(key) is not None:
+            raise SessionError(
+                f"{self.needle_label(key)} belongs to the plan's needles already: both needles "
+                "of the block are its trajectories (Needles: 1 goes back to one needle)"
+            )
         if cand is None or self.plan is None:
             raise SessionError(f"{key} has no feasible needle to choose")
         manual = key in self.plan.view_state.get("edited", [])
@@ -578,15 +739,22 @@ class Session(QObject):
         if margins == self.plan.margins:
             return
         cands = list(self.plan.candidates)
+        block: list[tuple[int, Candidate]] = []
         for key in self.needle_keys():
-            idx = self.plan.best_by_approach[key]["candidate"]
-            c = cands[idx]
+            c = self.candidate(key)
+            assert c is not None
             new = self.rescore(
                 key, np.array(c.skin_entry_lps), np.array(c.target_lps), margins=margins
             )
-            cands[idx] = new
+            number = block_number(key)
+            if number is None:
+                cands[self.plan.best_by_approach[key]["candidate"]] = new
+            else:
+                block.append((number, new))
         self.plan_options = dataclasses.replace(self.plan_options, margins=margins)
         plan = dataclasses.replace(self.plan, margins=margins, candidates=tuple(cands))
+        for number, new in block:
+            plan = self._plan_with_block_needle(plan, number, new, manual=False)
         self.push_plan(plan, "Change margins")
 
     def set_needle(self, needle_id: str) -> None:
@@ -726,6 +894,7 @@ class Session(QObject):
                 "needle_id": self.plan_options.needle_id,
                 "margins": self.plan_options.margins.to_json(),
                 "with_rfa": self.plan_options.with_rfa,
+                "needles": self.needles_mode,
             },
             "selected": self.selected,
             "plan_path": None if self.plan_path is None else str(self.plan_path),
@@ -837,10 +1006,13 @@ class Session(QObject):
                 )
             except (SacroplanError, KeyError, TypeError):
                 self.plan_options = PlanOptions()
+            mode = str(po.get("needles", "auto"))
+            self.needles_mode = mode if mode in NEEDLE_MODES else "auto"
             self.view_state = dict(state.get("view") or {})
             if plan is not None:
                 self.plan = plan
                 self.fields = fields
+                self._sync_options()
                 self.plan_changed.emit()
                 self.select(str(state.get("selected") or ""))
             pp = state.get("plan_path")
@@ -867,6 +1039,155 @@ def _trajectory(cand: Candidate, key: str, manual: bool) -> Trajectory:
         needle=cand.needle,
         approach=key,
         source="manual" if manual else "suggested",
+    )
+
+
+def without_block(plan: Plan) -> Plan:
+    """``plan`` without its multi-needle block: one chosen trajectory, the suggested one."""
+    if plan.multi_needle is None:
+        return plan
+    view = dict(plan.view_state)
+    if "edited" in view:
+        view["edited"] = [k for k in view["edited"] if block_number(str(k)) is None]
+    trajectories = plan.trajectories
+    sug = plan.suggestion
+    if len(plan.multi_needle.needles) > 1:
+        trajectories = ()
+        if sug is not None and sug.approach:
+            idx = plan.best_by_approach.get(sug.approach, {}).get("candidate", sug.candidate)
+            manual = sug.approach in view.get("edited", [])
+            trajectories = (_trajectory(plan.candidates[idx], sug.approach, manual),)
+    return dataclasses.replace(plan, multi_needle=None, trajectories=trajectories, view_state=view)
+
+
+def multi_needle_step(
+    case: Case, plan: Plan, options: PlanOptions, fields: FieldStack, mode: str
+) -> tuple[Plan, str]:
+    """The multi-needle decision of ``sacroplan plan`` on a single-needle plan.
+
+    ``mode`` ``"auto"`` looks for a second needle only for a lesion over 3 cm (the cohort's
+    threshold; the pair search costs as much again as the plan), ``"1"`` or ``"2"`` ask for
+    that many. A :class:`~planning.planner.PlanningError` leaves the single-needle plan.
+
+    Returns
+    -------
+    (Plan, str)
+        The plan (with its ``multi_needle`` block when one was planned) and a status note
+        ('' when there is nothing to say).
+    """
+    base = without_block(plan)
+    large = case.metrics is not None and bool(case.metrics.diameter_over_30mm)
+    if mode == "auto" and not large:
+        return base, ""
+    if base.suggestion is None or not base.suggestion.approach:
+        return base, "one needle: no approach is feasible with these margins"
+    try:
+        multi = plan_multi_needle(
+            case,
+            plan=base,
+            options=options,
+            fields=fields,
+            needles=None if mode == "auto" else int(mode),
+        )
+    except SacroplanError as exc:  # PlanningError and the like: the single-needle plan stands
+        return base, f"one needle planned ({exc})"
+    return with_multi_needle(base, multi), _needles_note(with_multi_needle(base, multi))
+
+
+def _needles_note(plan: Plan) -> str:
+    multi = plan.multi_needle
+    if multi is None:
+        return "One needle (a second one is looked for only for lesions over 3 cm)"
+    n = len(multi.needles)
+    kind = "" if multi.kind == "single" else f" ({multi.kind})"
+    return (
+        f"{n} needle{'s' if n > 1 else ''}{kind}: cement reaches {100 * multi.coverage:.0f} % "
+        "of the lesion"
+    )
+
+
+def needle_words(cand: Candidate, label: str) -> str:
+    """One needle in plain words: approach, side, needle, clearances, bone ahead, depth."""
+    od, exact = cand.needle_od_mm, cand.clearance_mm.exact
+    registry = approach_registry()
+    name = registry[cand.approach].label if cand.approach in registry else cand.approach
+    parts = [
+        f"{label}: {name} ({cand.side}), {cand.needle}",
+        f"{clearance_text(cand.clearance_mm.foramina, od, exact=exact)} from the nearest foramen",
+        f"{clearance_text(cand.clearance_mm.canal, od, exact=exact)} from the canal",
+    ]
+    if cand.tip_to_anterior_cortex_mm is not None:
+        parts.append(f"{cand.tip_to_anterior_cortex_mm:.1f} mm of bone ahead of the tip")
+    parts.append(f"{cand.skin_to_target_mm:.0f} mm skin to tip")
+    if cand.violations:
+        parts.append("NOT FEASIBLE: " + "; ".join(cand.violations))
+    return ", ".join(parts)
+
+
+def rescore_block(
+    case: Case, multi: MultiNeedlePlan, number: int, cand: Candidate, *, manual: bool
+) -> MultiNeedlePlan:
+    """The block with needle ``number`` (1-based) replaced by ``cand`` and re-measured.
+
+    The cement of each needle stays as planned; its cloud, the lesion coverage, the filling
+    degree, each needle's reach and the gaps between the needles are computed again with the
+    planner's cement-spread model (:mod:`planning.multi_needle`).
+    """
+    placed = list(multi.needles)
+    placed[number - 1] = dataclasses.replace(placed[number - 1], candidate=cand)
+    opts = multi.options
+    region = spread_region_of(case, margin_mm=opts.region_margin_mm)
+    clouds = []
+    for p in placed:
+        tip = np.asarray(p.candidate.target_lps, float)
+        entry = np.asarray(p.candidate.skin_entry_lps, float)
+        clouds.append(
+            cement_cloud(region, tip, tip - entry, p.cement_ml, elongation=opts.elongation)
+        )
+    placed = [
+        dataclasses.replace(
+            p, reaches_ml=float(np.count_nonzero(c & region.in_lesion)) * region.voxel_ml
+        )
+        for p, c in zip(placed, clouds, strict=True)
+    ]
+    coverage = lesion_coverage(region, clouds)
+    filling = filling_degree(region, clouds)
+    tip_gap = path_gap = None
+    for a in range(len(placed)):
+        for b in range(a + 1, len(placed)):
+            ca, cb = placed[a].candidate, placed[b].candidate
+            ta, tb = np.asarray(ca.target_lps, float), np.asarray(cb.target_lps, float)
+            ea, eb = np.asarray(ca.skin_entry_lps, float), np.asarray(cb.skin_entry_lps, float)
+            gap = float(np.linalg.norm(ta - tb))
+            path = segment_distance_mm(ea, ta, eb, tb)
+            tip_gap = gap if tip_gap is None else min(tip_gap, gap)
+            path_gap = path if path_gap is None else min(path_gap, path)
+    label = placed[number - 1].label
+    why = f"{label} moved by hand" if manual else f"{label} re-scored"
+    reasons = [
+        f"{why}: the {len(placed)} needles with {multi.cement_total_ml:.1f} mL of cement now "
+        f"reach {100 * coverage:.0f} % of the {multi.lesion_ml:.1f} mL lesion "
+        f"({100 * coverage / multi.attainable if multi.attainable else 0:.0f} % of what the "
+        f"cement can fill) and spread over {100 * filling:.0f} % of its largest diameter"
+    ]
+    if tip_gap is not None and path_gap is not None:
+        line = (
+            f"the tips are {tip_gap:.0f} mm apart and the needles at least {path_gap:.1f} mm "
+            f"apart along their whole length (limits {opts.min_tip_gap_mm:.0f} and "
+            f"{opts.min_path_gap_mm:.0f} mm)"
+        )
+        if tip_gap < opts.min_tip_gap_mm or path_gap < opts.min_path_gap_mm:
+            line += ": TOO CLOSE, move a needle away"
+        reasons.append(line)
+    reasons.extend(needle_words(p.candidate, p.label) for p in placed)
+    return dataclasses.replace(
+        multi,
+        needles=tuple(placed),
+        coverage=min(1.0, coverage),
+        filling=min(1.0, filling),
+        tip_gap_mm=tip_gap,
+        path_gap_mm=path_gap,
+        reasons=tuple(reasons),
     )
 
 

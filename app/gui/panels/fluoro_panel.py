@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.panels.common import hint_label
+from app.gui.panels.plan_panel import BLOCK_COLORS
 from app.gui.views.fluoro_view import FluoroView
 from imaging.drr import DEFAULT_SID_MM, DEFAULT_SOD_MM
 from imaging.errors import SacroplanError
@@ -256,16 +257,20 @@ class FluoroPanel(QWidget):
     def _push_needles(self, *, interactive: bool) -> None:
         if self.session.case is None or self.stack.currentWidget() is not self.view:
             return
-        self.view.set_needles(self.needles(), interactive=interactive)
+        needles = self.needles()
+        self.view.set_needles(needles, interactive=interactive, colors=self._colors)
         self._apply_view()
 
     def _needles_with(self, preview: dict[str, Any]) -> list[Needle]:
         s = self.session
         out: list[Needle] = []
         self._selected_number = 1
+        # a two-needle block's needles keep the slice views' colours; others the dock's palette
+        self._colors: list[tuple[float, float, float] | None] = []
         if s.plan is None:
             return out
         keys = s.needle_keys()
+        block = s.block_keys()
         chosen = s.selected
         if not chosen and s.plan.suggestion is not None:
             chosen = s.plan.suggestion.approach or ""
@@ -276,16 +281,20 @@ class FluoroPanel(QWidget):
                 continue
             if key == chosen:
                 self._selected_number = len(out) + 1
+            self._colors.append(
+                BLOCK_COLORS[block.index(key) % len(BLOCK_COLORS)] if key in block else None
+            )
             out.append(
                 (
                     np.asarray(c.skin_entry_lps, float),
                     np.asarray(c.target_lps, float),
                     float(c.needle_od_mm),
-                    f"{key.replace('_', ' ')} {c.side or ''}".strip(),
+                    s.needle_label(key),
                 )
             )
         if not shown and s.plan.trajectories:
             t = s.plan.trajectories[0]
+            self._colors.append(None)
             out.append(
                 (
                     np.asarray(t.entry_lps, float),
@@ -298,6 +307,8 @@ class FluoroPanel(QWidget):
         placed = list(getattr(multi, "needles", ()) or ())
         if len(placed) > 1:  # a bilateral or tandem block: every needle of it
             for n, item in enumerate(placed, start=1):
+                if n <= len(block) and block[n - 1] in shown:
+                    continue  # drawn above (with its live pose while dragged)
                 c = getattr(item, "candidate", None)
                 if c is None:
                     continue
@@ -307,6 +318,7 @@ class FluoroPanel(QWidget):
                     continue  # the selected needle is one of the block
                 label = str(getattr(item, "label", "") or f"needle {n}")
                 side = getattr(c, "side", None)
+                self._colors.append(BLOCK_COLORS[(n - 1) % len(BLOCK_COLORS)])
                 out.append(
                     (
                         e,

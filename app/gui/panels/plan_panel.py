@@ -1,9 +1,10 @@
-"""Step 4, plan: the suggestion and why, needle, margins, cement, RFA and C-arm angles."""
+"""Step 4, plan: the suggestion and why, the needles, margins, cement, RFA and C-arm angles."""
 
 from __future__ import annotations
 
 import html
 
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -16,15 +17,21 @@ from PySide6.QtWidgets import (
 )
 
 from app.gui.panels.common import Host, column, readout_label, title_label
+from app.gui.session import NEEDLE_MODES, block_key, block_number
 from planning.approaches import approach_registry
 from planning.margins import Margins, margin_range_mm
+from planning.multi_needle import MultiNeedlePlan
 from planning.needles import needle_catalogue
+from planning.plan import clearance_text
 
 MARGIN_FIELDS = (
     ("foramen_mm", "Foramina"),
     ("canal_mm", "Canal"),
     ("anterior_cortex_mm", "Bone ahead of tip"),
 )
+# needle 1, needle 2, ... of a two-needle plan in the views (clear of green/amber/red)
+BLOCK_COLORS = ((0.30, 0.80, 1.00), (1.00, 0.45, 0.90), (0.75, 0.60, 1.00))
+NEEDLE_MODE_LABELS = {"auto": "auto (over 3 cm)", "1": "1", "2": "2"}
 
 
 class PlanPanel(QWidget):
@@ -45,6 +52,26 @@ class PlanPanel(QWidget):
         row.addWidget(self.choose_button)
         row.addStretch(1)
         lay.addLayout(row)
+
+        box = QGroupBox("Needles")
+        form = QFormLayout(box)
+        self.needles_mode = QComboBox()
+        for mode in NEEDLE_MODES:
+            self.needles_mode.addItem(NEEDLE_MODE_LABELS[mode], mode)
+        self.needles_mode.setToolTip(
+            "How many needles: 'auto' plans a second needle for a lesion over 3 cm when one "
+            "cannot fill it; 1 or 2 asks for that many (re-plans only the needles)"
+        )
+        self.needles_mode.activated.connect(self._needles_chosen)
+        form.addRow("Needles", self.needles_mode)
+        self.block = readout_label()
+        self.block.setTextInteractionFlags(
+            self.block.textInteractionFlags() | Qt.TextInteractionFlag.LinksAccessibleByMouse
+        )
+        self.block.setOpenExternalLinks(False)
+        self.block.linkActivated.connect(self._select_block_needle)
+        form.addRow(self.block)
+        lay.addWidget(box)
 
         box = QGroupBox("Needle and margins")
         form = QFormLayout(box)
@@ -118,6 +145,17 @@ class PlanPanel(QWidget):
             return
         self._host.run_guarded("Needle", lambda: s.set_needle(str(needle_id)))
 
+    def _needles_chosen(self) -> None:
+        mode = str(self.needles_mode.currentData())
+        s = self._host.session
+        if mode == s.needles_mode and s.plan is not None:
+            return
+        self._host.run_guarded("Needles", lambda: s.set_needles_mode(mode))
+
+    def _select_block_needle(self, key: str) -> None:
+        s = self._host.session
+        self._host.run_guarded("Select", lambda: s.select(key))
+
     def _choose(self) -> None:
         s = self._host.session
         self._host.run_guarded("Plan", lambda: s.choose_trajectory(s.selected))
@@ -135,9 +173,11 @@ class PlanPanel(QWidget):
             self.anterior_exit.setChecked(bool(margins.allow_anterior_exit))
             idx = self.needle.findData(s.plan_options.needle_id)
             self.needle.setCurrentIndex(max(idx, 0))
+            self.needles_mode.setCurrentIndex(max(self.needles_mode.findData(s.needles_mode), 0))
         finally:
             self._loading = False
-        self.choose_button.setEnabled(bool(s.selected))
+        self.choose_button.setEnabled(bool(s.selected) and block_number(s.selected) is None)
+        self.block.setText(self.block_text())
         if plan is None:
             self.suggestion.setText("Plan the trajectories first (step 3).")
             self.cement.setText("-")
@@ -159,6 +199,8 @@ class PlanPanel(QWidget):
             lines.append(
                 f"<b>Chosen trajectory:</b> {html.escape(str(t.approach))} with {t.needle} "
                 f"({t.source})"
+                if len(plan.trajectories) == 1
+                else f"<b>Chosen trajectories:</b> {len(plan.trajectories)} needles (below)"
             )
         self.suggestion.setText("<br>".join(lines))
         c = plan.cement
@@ -187,6 +229,84 @@ class PlanPanel(QWidget):
             self.rfa.setText("<br>".join(text))
         self._show_carm(s.candidate(s.selected) if s.selected else None)
 
+    def block_text(self) -> str:
+        """The plan's needles (its multi-needle block) as rich text."""
+        s = self._host.session
+        plan = s.plan
+        if plan is None:
+            return "-"
+        multi = plan.multi_needle
+        if multi is None:
+            if s.needles_mode == "auto":
+                return (
+                    "One needle: a second one is looked for when the lesion is over 3 cm "
+                    "(choose 2 to ask for it)."
+                )
+            return "One needle."
+        return format_block(multi, selected=s.selected)
+
     def _show_carm(self, cand: object) -> None:
         c_arm = getattr(cand, "c_arm", None)
         self.carm.setText("-" if c_arm is None else html.escape(c_arm.text))
+
+
+def _hex(rgb: tuple[float, float, float]) -> str:
+    return "#" + "".join(f"{round(255 * v):02x}" for v in rgb)
+
+
+def format_block(multi: MultiNeedlePlan, *, selected: str = "") -> str:
+    """A multi-needle block in rich text: how many needles, each one, the gaps, the reasons.
+
+    Each needle's name links to its display key (``"needle:1"``) so a click selects it.
+    """
+    n = len(multi.needles)
+    kind = "" if multi.kind == "single" else f" ({multi.kind})"
+    rel = 100 * multi.coverage / multi.attainable if multi.attainable else 0.0
+    lines = [
+        f"<b>{n} needle{'s' if n > 1 else ''}{kind}</b>: cement "
+        f"{multi.cement_total_ml:.1f} mL reaches {100 * multi.coverage:.0f} % of the "
+        f"{multi.lesion_ml:.1f} mL lesion ({rel:.0f} % of what it can fill), filling degree "
+        f"{100 * multi.filling:.0f} % (one needle: {100 * multi.coverage_single:.0f} %, "
+        f"filling {100 * multi.filling_single:.0f} %)"
+    ]
+    registry = approach_registry()
+    for number, placed in enumerate(multi.needles, start=1):
+        c = placed.candidate
+        od, exact = c.needle_od_mm, c.clearance_mm.exact
+        ahead = c.tip_to_anterior_cortex_mm
+        name = registry[c.approach].label if c.approach in registry else c.approach
+        key = block_key(number)
+        label = html.escape(placed.label)
+        if n > 1:
+            color = _hex(BLOCK_COLORS[(number - 1) % len(BLOCK_COLORS)])
+            weight = "bold" if key == selected else "normal"
+            label = f"<a href='{key}' style='color:{color}; font-weight:{weight}'>{label}</a>"
+        state = (
+            ""
+            if c.feasible
+            else (
+                " <span style='color:#f06b5a'>not feasible: "
+                + html.escape("; ".join(c.violations))
+                + "</span>"
+            )
+        )
+        lines.append(
+            f"&bull; {label}: {html.escape(name)} ({c.side}), {c.needle}, foramina "
+            f"{html.escape(clearance_text(c.clearance_mm.foramina, od, exact=exact))}, canal "
+            f"{html.escape(clearance_text(c.clearance_mm.canal, od, exact=exact))}, bone ahead "
+            f"{'-' if ahead is None else f'{ahead:.1f} mm'}, {c.skin_to_target_mm:.0f} mm skin "
+            f"to tip; cement {placed.cement_ml:.2f} mL, reaches {placed.reaches_ml:.1f} mL of "
+            f"the lesion{state}"
+        )
+    if multi.tip_gap_mm is not None and multi.path_gap_mm is not None:
+        lines.append(
+            f"Tips {multi.tip_gap_mm:.1f} mm apart, needles at least {multi.path_gap_mm:.1f} mm "
+            "apart along their paths"
+        )
+    listed = tuple(f"{p.label}:" for p in multi.needles)  # each needle is shown above
+    lines.extend(
+        f"<span style='color:#8a95a1'>&ndash; {html.escape(r)}</span>"
+        for r in multi.reasons
+        if not r.startswith(listed)
+    )
+    return "<br>".join(lines)

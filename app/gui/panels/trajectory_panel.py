@@ -304,7 +304,7 @@ class TrajectoryPanel(QWidget):
             return
         cl = cand.clearance_mm
         registry = approach_registry()
-        label = registry[key].label if key in registry else key
+        label = registry[key].label if key in registry else s.needle_label(key)
         lines = [
             f"<b>{label}</b> ({cand.side}), {cand.needle}: {cand.skin_to_target_mm:.1f} mm skin "
             f"to tip, {cand.in_bone_mm:.1f} mm in bone",

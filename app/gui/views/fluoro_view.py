@@ -390,6 +390,7 @@ class FluoroView(QWidget):
         self._volumes: tuple[AttenuationVolume, AttenuationVolume] | None = None
         self._views: dict[str, PlanFluoroView] = {}
         self._needles: list[NeedleTuple] = []
+        self._needle_colors: list[tuple[float, float, float] | None] = []
         self._lesion_points: np.ndarray | None = None
         self._iso = np.zeros(3)
         self._current = "ap"
@@ -500,9 +501,18 @@ class FluoroView(QWidget):
 
         drr_pool().start(_Job(seq, prepare, self._prep_signals))  # type: ignore[arg-type]
 
-    def set_needles(self, needles: list[NeedleTuple], *, interactive: bool | None = None) -> None:
+    def set_needles(
+        self,
+        needles: list[NeedleTuple],
+        *,
+        interactive: bool | None = None,
+        colors: list[tuple[float, float, float] | None] | None = None,
+    ) -> None:
         """Needles to draw: ``(entry_lps, target_lps, diameter_mm, label)`` each (mm, LPS),
         or :class:`~app.gui.views.grid.NeedleDisplay` objects.
+
+        ``colors`` gives a needle its colour (RGB 0..1, as in the slice views); None, or a
+        None entry, takes the next colour of the dock's own palette.
 
         ``interactive=True`` marks a live drag (preview renders); None guesses it from the
         rate of calls. Full-resolution renders follow :data:`IDLE_MS` after the last call.
@@ -525,6 +535,7 @@ class FluoroView(QWidget):
                 )
             )
         self._needles = parsed
+        self._needle_colors = list(colors or [])
         self._dragging = bool(interactive)
         self._rebuild_views()
         if self._dragging:
@@ -775,7 +786,8 @@ class FluoroView(QWidget):
                 continue
             depth = float((p @ np.append(t, 1.0))[2])
             width = dia * g.sid_mm / max(depth, 1e-6) / pitch
-            rgb = _NEEDLE_COLORS[n % len(_NEEDLE_COLORS)]
+            given = self._needle_colors[n] if n < len(self._needle_colors) else None
+            rgb = given or _NEEDLE_COLORS[n % len(_NEEDLE_COLORS)]
             color = QColor.fromRgbF(*rgb)
             needles.append((uv, width, color, label or f"needle {n + 1}"))
         foramina: list[np.ndarray] = []

@@ -50,6 +50,8 @@ class NeedleDisplay:
         Name shown next to the selected needle.
     selected, editable : bool
         Highlighted; entry and target handles draggable in the slice views.
+    labelled : bool
+        Name shown even when not selected (the needles of a multi-needle plan).
     """
 
     entry_lps: np.ndarray
@@ -59,6 +61,7 @@ class NeedleDisplay:
     label: str = ""
     selected: bool = False
     editable: bool = False
+    labelled: bool = False
 
 
 @dataclass(frozen=True)

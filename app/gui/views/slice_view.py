@@ -670,7 +670,7 @@ class SliceView(RenderCanvas):
             actor.GetProperty().SetColor(*c)
         g.actors[0].GetProperty().SetOpacity(0.45 if nd.selected else 0.28)
         g.actors[2].GetProperty().SetLineWidth(2.0 if nd.selected else 1.0)
-        g.text.SetInput(nd.label if nd.selected else "")
+        g.text.SetInput(nd.label if nd.selected or nd.labelled else "")
         # The name sits beside the entry handle, on the side facing the middle of the view.
         off = (HANDLE_PX + 4) * self.mm_per_pixel()
         width = self.GetRenderWindow().GetSize()[0] or self.width()

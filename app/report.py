@@ -726,6 +726,21 @@ def _images_for(
     return out, figures
 
 
+def fluoro_figures_for(plan: Plan, case: Any) -> FluoroFigures:
+    """The report's simulated fluoroscopy for the workstation's open case (headless numpy and
+    numba only: safe on a worker thread). A failure is described in the result, not raised."""
+    from app.report_fluoro import FluoroFigures, render_fluoro_figures
+    from planning.export import PlanStudy
+
+    try:
+        return render_fluoro_figures(plan, _study_from_case(plan, case, PlanStudy))
+    except Exception as exc:  # the report is written without them
+        log.exception("simulated fluoroscopy for the report failed")
+        return FluoroFigures(
+            missing=f"the radiographs could not be drawn ({type(exc).__name__}: {exc})."
+        )
+
+
 def _study_from_case(plan: Plan, case: Any, cls: Any) -> Any:
     import numpy as np
 
@@ -885,6 +900,7 @@ def write_report(
     images: Mapping[str, bytes] | None = None,
     study_path: str | os.PathLike[str] | None = None,
     draw_images: bool = True,
+    fluoro: FluoroFigures | None = None,
 ) -> Path:
     """Write the plan report as PDF or HTML (chosen by the file's suffix).
 
@@ -906,6 +922,9 @@ def write_report(
         Where the study is now, when it has moved.
     draw_images : bool
         Draw the missing pictures from the study (False: only ``images`` are shown).
+    fluoro : FluoroFigures, optional
+        The simulated fluoroscopy already drawn (:func:`fluoro_figures_for`, e.g. on the
+        workstation's worker thread): its pictures are used, none are drawn here.
 
     Returns
     -------
@@ -928,20 +947,21 @@ def write_report(
         raise SacroplanError(f"the folder of the report does not exist: {out.parent}")
     if out.is_dir():
         raise SacroplanError(f"{out} is a folder, not a file")
-    from app.report_fluoro import FLUORO_PREFIX, FluoroFigures
+    from app.report_fluoro import FLUORO_PREFIX
 
     notes: list[str] = []
     pictures = dict(images or {})
+    if fluoro is not None:
+        pictures.update(fluoro.images)
     wanted = set(IMAGE_CAPTIONS) | {"clearance"}
     standard = not wanted <= set(pictures)
-    fluoro_wanted = not any(k.startswith(FLUORO_PREFIX) for k in pictures)
-    fluoro: FluoroFigures | None = None
+    fluoro_wanted = fluoro is None and not any(k.startswith(FLUORO_PREFIX) for k in pictures)
     if not draw_images and standard:
         notes.append("the study was not opened (no pictures asked for)")
     if not draw_images and fluoro_wanted:
         fluoro = FluoroFigures(missing="the study was not opened (no pictures asked for).")
     if draw_images and (standard or fluoro_wanted):
-        drawn, fluoro = _images_for(
+        drawn, figures = _images_for(
             plan,
             case=case,
             study_path=study_path,
@@ -951,6 +971,7 @@ def write_report(
         )
         for key, png in drawn.items():
             pictures.setdefault(key, png)
+        fluoro = fluoro if figures is None else figures
     try:
         if suffix == ".pdf":
             text = report_html(

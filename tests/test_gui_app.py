@@ -134,7 +134,7 @@ def shot(win: MainWindow, name: str) -> None:
 
 
 # -- the workflow ----------------------------------------------------------------------------------
-def test_workflow_plan_drag_undo_save_load(qtbot, window, dialogs, tmp_path):
+def test_workflow_plan_drag_undo_save_load(qtbot, window, dialogs, tmp_path, monkeypatch):
     s = window.session
     open_sample(qtbot, window)
     assert window.grid.crosshair().shape == (3,)
@@ -308,9 +308,20 @@ def test_workflow_plan_drag_undo_save_load(qtbot, window, dialogs, tmp_path):
     images = window.report_images()
     assert {"axial", "sagittal", "view3d", "clearance"} <= set(images)
     assert all(v.startswith(b"\x89PNG") for v in images.values())
-    report = window.write_report(tmp_path / "report.html")
+    # "Report..." asks for a file, draws the radiographs on the worker thread, then writes it
+    from PySide6.QtWidgets import QFileDialog
+
+    report = tmp_path / "report.html"
+    monkeypatch.setattr(
+        QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(report), ""))
+    )
+    window.export_panel.report_button.click()
+    assert s.runner.busy and s.runner.name == "report"
+    wait_idle(qtbot, s)
+    qtbot.waitUntil(report.is_file, timeout=TASK_TIMEOUT_MS)
     text = report.read_text(encoding="utf-8")
     assert "<img" in text and "data:image/png" in text
+    assert "Simulated fluoroscopy" in text and "data:image/png" in text.split("Simulated")[-1]
     window.close_without_prompt()
 
     win2 = MainWindow()

@@ -571,6 +571,8 @@ def _segment_anatomy(
     )
     if coarse_study:
         _partial_volume_rim(masks, crop.array, lo_hu=p.rim_hu[0], hi_hu=p.rim_hu[1])
+    if "pseudo_ct" not in ct.meta:  # a synthetic CT's walls are drawn, not blurred
+        _channels_to_half_level(masks, crop.array, crop.spacing)
     foramina.sort(key=lambda f: FORAMEN_NAMES.index(f.name))
     found = {f.name for f in foramina}
     missing = [n for n in FORAMEN_NAMES if n not in found]
@@ -667,6 +669,68 @@ def _partial_volume_rim(
             masks["canal"] |= drop & ndi.binary_dilation(masks["canal"], st)
     masks["canal"] &= ~taken
     masks["foramina"][taken] = 0
+
+
+#: A channel's wall is the brightest CT number within this reach of a voxel (mm).
+CHANNEL_WALL_REACH_MM = 2.0
+#: Only where the wall is at least this much brighter than the channel's contents (HU) is
+#: there a wall to find the half level of (not where a lesion has replaced it).
+CHANNEL_WALL_CONTRAST_HU = 400.0
+
+
+def _channels_to_half_level(
+    masks: dict[str, np.ndarray], hu: np.ndarray, spacing: np.ndarray
+) -> None:
+    """Move the canal's and the foramina's walls out to the half level, on the study grid.
+
+    The channels are found on the fine grid with a fixed threshold, which leaves their
+    boundary a fraction of a voxel inside the wall's blurred edge (a quarter of a
+    millimetre on a 1 mm CT: the mask, and every clearance measured to it, is off by that).
+    The true edge of a blurred step lies where the CT number is half-way between the two
+    sides: a voxel touching a channel (face neighbours) joins it when it is darker than
+    half-way between the channel's contents (their median) and the brightest wall within
+    ``CHANNEL_WALL_REACH_MM``, where that wall stands out by ``CHANNEL_WALL_CONTRAST_HU``,
+    and a face neighbour of it is brighter than that half level (the edge passes between).
+    Voxels of the hip bones or of another channel are never taken. In place, on
+    ``masks`` as returned by :func:`_to_crop` (``hu`` on the same grid; ``spacing`` x, y, z).
+    """
+    st = ndi.generate_binary_structure(3, 1)
+    reach = np.maximum(1, np.round(CHANNEL_WALL_REACH_MM / np.asarray(spacing)[::-1])).astype(int)
+    zz, yy, xx = np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij")
+    sp = np.asarray(spacing, float)[::-1]
+    ball = (zz * sp[0]) ** 2 + (yy * sp[1]) ** 2 + (xx * sp[2]) ** 2 <= CHANNEL_WALL_REACH_MM**2
+    fixed = masks["left_ilium"] | masks["right_ilium"]
+    codes = masks["foramina"]
+    channels: list[tuple[str, int]] = [("canal", 0)]
+    channels += [("foramina", int(c)) for c in np.unique(codes[codes > 0])]
+    for name, code in channels:
+        mask = masks["canal"] if name == "canal" else codes == code
+        nz = [np.flatnonzero(mask.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
+        if not len(nz[0]):
+            continue
+        box = tuple(
+            slice(max(int(n[0]) - r - 1, 0), int(n[-1]) + r + 2)
+            for n, r in zip(nz, reach, strict=True)
+        )
+        m = mask[box]
+        sub = np.asarray(hu[box], dtype=np.float32)
+        contents = float(np.median(sub[m]))
+        wall = ndi.maximum_filter(sub, footprint=ball, mode="nearest")
+        taken = fixed[box] | masks["canal"][box] | (codes[box] > 0)
+        ring = ndi.binary_dilation(m, st) & ~m & ~taken
+        half = 0.5 * (contents + wall)
+        # the half level is crossed between the voxel and a neighbour: the voxel is on the
+        # wall's edge, not in a flat region that the wall merely lies near
+        brighter = ndi.maximum_filter(sub, footprint=st, mode="nearest") > half
+        grow = ring & (wall - contents >= CHANNEL_WALL_CONTRAST_HU) & (sub < half) & brighter
+        if not grow.any():
+            continue
+        if name == "canal":
+            masks["canal"][box] |= grow
+        else:
+            codes[box][grow] = code
+        masks["sacrum"][box] &= ~grow
+        masks["anterior_cortex"][box] &= ~grow  # (the cortex flags part of the sacrum)
 
 
 def _check_ct(ct: Volume) -> None:

@@ -35,6 +35,9 @@ MIN_KEEP = 0.4
 MAX_GROWTH = 1.8
 #: The canal's outline over this many mm below its top slice starts the search.
 SEED_MM = 8.0
+#: Fluid at least twice this thick (mm, the radius of an opening disc) is a channel, not a
+#: dark cortex (on T1 MR cortex and CSF are alike dark).
+THICK_MM = 2.0
 #: In-plane margin around the canal searched for the channel (mm).
 SEARCH_MM = 30.0
 
@@ -47,15 +50,22 @@ MR_CANAL_BAND = (-np.inf, 0.25)
 MR_RIM_BAND = (-np.inf, 0.5)
 
 
+#: Modalities that are no image of the body (masks, segmentations): nothing to follow.
+NOT_IMAGES = ("LABEL", "SEG", "RTSTRUCT")
+
+
 def _bands(
     image: Volume, canal: np.ndarray
 ) -> tuple[tuple[float, float], tuple[float, float]] | None:
-    """Canal and rim intensity bands for the image's modality (None: not CT, not MR)."""
+    """Canal and rim intensity bands for the image's modality: CT numbers for a CT, fractions
+    of the fat level for anything else (None: a mask, not an image)."""
     modality = image.modality.upper()
     if modality == "CT":
         return CANAL_HU, RIM_HU
-    if modality != "MR":
+    if modality in NOT_IMAGES:
         return None
+    # any other series is read as a T1-weighted MR, as the anatomy reads it (an MR saved
+    # without its modality, e.g. as NIfTI, comes as "OT")
     values = np.asarray(image.array)[:: max(1, image.array.shape[0] // 32)]
     fat = float(np.percentile(values, 98.0))
     if not fat > 0:
@@ -116,6 +126,17 @@ def follow_lumbar_canal(
     lo = max(top - int(np.ceil(SEED_MM / through)), int(layers.min()))
     areas = mask[lo : top + 1].sum(axis=(1, 2))
     start = lo + int(np.argmax(areas))
+    # where the thecal sac is seen (CSF in the canal), start from the slice holding most of
+    # it within twice that reach: the top slices of the canal found in the sacrum can stray
+    # into a bony channel behind it (on T1 a thin spinous process looks like fat-filled
+    # canal), while the sac's fluid is the canal for sure
+    lo_f = max(top - int(np.ceil(2.0 * SEED_MM / through)), int(layers.min()))
+    sigma_seed = SMOOTH_MM / np.array([through, *in_plane])
+    seen = ndi.gaussian_filter(vol[lo_f : top + 1].astype(np.float32), sigma_seed)
+    sac = mask[lo_f : top + 1] & (seen >= canal_band[0]) & (seen <= canal_band[1])
+    sac_areas = sac.sum(axis=(1, 2))
+    if sac_areas.max() >= 0.5 * areas.max():
+        start = lo_f + int(np.argmax(sac_areas))
     seed = mask[start]
     rows, cols = np.nonzero(mask[start : top + 1].any(axis=0))
     pad = np.ceil(SEARCH_MM / in_plane).astype(int)
@@ -123,9 +144,16 @@ def follow_lumbar_canal(
     c0, c1 = max(cols.min() - pad[1], 0), min(cols.max() + pad[1] + 1, seed.shape[1])
     stop = top + 1 + n_up
     slab = vol[start + 1 : stop, r0:r1, c0:c1].astype(np.float32)
+    t_reach = np.ceil(THICK_MM / in_plane).astype(int)
+    ty, tx = np.mgrid[-t_reach[0] : t_reach[0] + 1, -t_reach[1] : t_reach[1] + 1]
+    thick_disk = (ty * in_plane[0]) ** 2 + (tx * in_plane[1]) ** 2 <= THICK_MM**2
     sigma = SMOOTH_MM / np.array([through, *in_plane])
     smooth = ndi.gaussian_filter(slab, sigma)
     fluid = (smooth >= canal_band[0]) & (smooth <= canal_band[1])
+    if image.modality.upper() != "CT":
+        # on T1 the cortex is as dark as CSF: only thick dark tissue is fluid, so that no
+        # ring of cortex is filled in as canal
+        fluid = ndi.binary_opening(fluid, structure=thick_disk[None, :, :])
     rim_ok = (smooth >= rim_band[0]) & (smooth <= rim_band[1])
     drift = max(DRIFT_MM, through, 2.0 * float(np.max(in_plane)))
     reach = np.ceil(drift / in_plane).astype(int)
@@ -134,7 +162,7 @@ def follow_lumbar_canal(
     cross = ndi.generate_binary_structure(2, 1)
     out = mask.copy()
     prev = seed[r0:r1, c0:c1]
-    cap = MAX_GROWTH * max(int(areas.max()), 1)
+    cap = MAX_GROWTH * max(int(areas.max()), int(seed.sum()), 1)
     for n in range(stop - start - 1):
         below = out[start + 1 + n, r0:r1, c0:c1]
         near = ndi.binary_dilation(prev, structure=disk)

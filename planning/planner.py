@@ -26,7 +26,7 @@ from geometry.kernels import NeedleScores, score_needles, score_one
 from geometry.pooling import pool_labels, pool_mask
 from geometry.rays import exit_distance_mm
 from imaging.anatomy_grid import label_masks, release_free_memory, sparse_zeros
-from imaging.canal_lumbar import follow_lumbar_canal
+from imaging.canal_lumbar import NOT_IMAGES, follow_lumbar_canal
 from imaging.errors import OperationCancelledError, SacroplanError
 from imaging.volume import Volume
 from planning.anatomy import SacralAnatomy
@@ -60,7 +60,7 @@ from planning.plan import (
     study_reference,
 )
 from planning.rfa import plan_rfa_for_track
-from planning.scoring_exact import DangerSurfaces
+from planning.scoring_exact import DangerSurfaces, StructureSurface
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -332,10 +332,34 @@ def danger_surfaces(case: Case, *, canal: np.ndarray | None = None) -> DangerSur
     if canal is None:
         canal = canal_with_lumbar(m.masks["canal"], m.image)
     envelope = _Envelope(case)
-    channels = {
-        f.name: foramen_exits(f.center_lps, f.axis, f.radius_mm, envelope, m.image) for f in found
-    }
-    return DangerSurfaces.build(foramina, canal if canal.any() else None, m.image, channels)
+    surfaces = {name: StructureSurface.from_mask(mask, m.image) for name, mask in foramina.items()}
+    channels = {}
+    for f in found:
+        radius = max(f.radius_mm, wall_radius(surfaces[f.name], f.center_lps, f.axis))
+        channels[f.name] = foramen_exits(f.center_lps, f.axis, radius, envelope, m.image)
+    canal_surface = StructureSurface.from_mask(canal, m.image) if canal.any() else None
+    return DangerSurfaces(surfaces, canal_surface, channels)
+
+
+def wall_radius(surface: StructureSurface, center: np.ndarray, axis: np.ndarray) -> float:
+    """Radius (mm) of a channel's wall as its measured surface has it: the median distance
+    from the axis (through ``center``, LPS mm) of the surface's points along the middle
+    half of its length (away from the slanted ends). 0 for an empty surface.
+
+    The channel's fitted radius is often a fraction of a millimetre short of its mask's wall
+    (more so on thick slices); the channel continued out of the bone (:func:`foramen_exits`)
+    takes the larger of the two, so that it is no narrower than the channel inside the bone.
+    """
+    if not len(surface.points):
+        return 0.0
+    axis = np.asarray(axis, dtype=np.float64)
+    axis = axis / np.linalg.norm(axis)
+    rel = surface.points - np.asarray(center, dtype=np.float64)
+    along = rel @ axis
+    lo, hi = np.percentile(along, [25.0, 75.0])
+    middle = (along >= lo) & (along <= hi)
+    radial = np.linalg.norm(rel[middle] - along[middle, None] * axis, axis=1)
+    return float(np.median(radial)) if len(radial) else 0.0
 
 
 class _Envelope:
@@ -362,6 +386,9 @@ class _Envelope:
 #: Where a foramen's channel leaves the bone, it is followed this far past the step where its
 #: whole cross-section is out (mm).
 FORAMEN_EXIT_OVERHANG_MM = 0.5
+#: The channel's wall is looked for this far outside its fitted radius (mm): about a voxel,
+#: the bone of the wall's lip that the mask may leave out at the mouth.
+FORAMEN_WALL_PROBE_MM = 1.0
 
 
 def foramen_exits(
@@ -374,7 +401,9 @@ def foramen_exits(
     with a slanted face. From the fitted channel (centre, unit axis, radius), each end is
     continued as a cylinder from the first step where any part of its cross-section is out of
     ``envelope`` (the solid sacrum with its holes, ``[k, j, i]`` on ``grid``) to
-    ``FORAMEN_EXIT_OVERHANG_MM`` past the step where all of it is.
+    ``FORAMEN_EXIT_OVERHANG_MM`` past the step where all of it is, its wall included (probed
+    ``FORAMEN_WALL_PROBE_MM`` outside the radius: the mouth of a channel under a lip of bone
+    is left out of the mask, while the lip is still bone).
     """
     center = np.asarray(center, dtype=np.float64)
     axis = np.asarray(axis, dtype=np.float64)
@@ -385,8 +414,19 @@ def foramen_exits(
     e2 = np.cross(axis, e1)
     ring = np.linspace(0.0, 2.0 * np.pi, 24, endpoint=False)
     circle = np.cos(ring)[:, None] * e1 + np.sin(ring)[:, None] * e2
-    # the rim is probed just inside the channel's wall, where the mask is unambiguous
-    disc = np.vstack([np.zeros((1, 3)), 0.85 * radius_mm * circle, 0.5 * radius_mm * circle])
+    # The rim is probed just inside the channel's wall, where the mask is unambiguous, and
+    # just outside it: where the channel's mouth opens under an overhanging lip of bone, the
+    # mask (which stops where the bone no longer encloses the channel) ends before the bone
+    # does, but the wall is still there, next to the channel.
+    disc = np.vstack(
+        [
+            np.zeros((1, 3)),
+            0.5 * radius_mm * circle,
+            0.85 * radius_mm * circle,
+            radius_mm * circle,
+            (radius_mm + FORAMEN_WALL_PROBE_MM) * circle,
+        ]
+    )
     steps = np.arange(0.0, 60.0, 0.25)
     size = np.asarray(grid.size)
     out = []
@@ -443,10 +483,11 @@ CANAL_TOP_MM = 4.0  # the slab of the sacral canal's top that is carried up
 def canal_with_lumbar(canal: np.ndarray, crop: Volume) -> np.ndarray:
     """The sacral canal plus the lumbar canal above it (on the anatomy crop grid).
 
-    In CT and MR the lumbar canal is followed in the image (:func:`follow_lumbar_canal`); otherwise
-    the top of the sacral canal is carried straight up (:func:`extend_canal_cranially`).
+    In an image (a CT, or any other series, read as a T1-weighted MR as the anatomy reads it)
+    the lumbar canal is followed (:func:`follow_lumbar_canal`); on a mask's grid the top of
+    the sacral canal is carried straight up (:func:`extend_canal_cranially`).
     """
-    if crop.modality.upper() in ("CT", "MR"):
+    if crop.modality.upper() not in NOT_IMAGES:
         return follow_lumbar_canal(crop, canal, length_mm=LUMBAR_CANAL_MM)
     return extend_canal_cranially(canal, crop, HEAD_LPS)
 

@@ -161,3 +161,44 @@ def test_lumbar_canal_is_followed_in_ct_and_mr(oblique_plan):
     assert inside.sum() > 2000
     assert canal[inside].mean() >= 0.99
     assert np.percentile(exact[canal & above], 99) < 1.0
+
+
+#: Phantoms with other proportions, grids and rotations than the sample's: a sacral-body
+#: lesion whose posterior long-axis needles pass the dorsal mouth of the S4 foramen (under its
+#: overhanging lip), and a smaller ala lesion on a rotated thick-slice grid.
+OTHER_PROPORTIONS = {
+    "s1_body_tilted": {
+        "lesion": "s1_body",
+        "spacing_mm": (0.9, 0.9, 1.25),
+        "rotation_deg": (0.0, 10.0, 0.0),
+        "scale": 1.0,
+        "seed": 2,
+    },
+    "ala_s2_large": {
+        "lesion": "right_ala_s2",
+        "spacing_mm": (1.2, 0.9, 2.0),
+        "rotation_deg": (-6.0, 4.0, -8.0),
+        "scale": 1.08,
+        "seed": 1,
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_PROPORTIONS))
+def test_candidates_on_other_proportions_agree_with_exact_geometry(name):
+    ph = make_phantom(modality="ct", **OTHER_PROPORTIONS[name])
+    case = Case(image=ph.image, source=f"sample:{name}", sample_truth=ph.truth)
+    case.find_anatomy()
+    case.grow_lesion(ph.truth.lesion.center_lps)
+    plan = plan_case(case).to_json()
+    assert plan["candidates"]
+    for c in plan["candidates"]:
+        foramen, canal = _exact_clearances(c, ph.truth)
+        for which, reported, exact in (
+            ("foramina", c["clearance_mm"]["foramina"], foramen),
+            ("canal", c["clearance_mm"]["canal"], canal),
+        ):
+            where = (c["approach"], c["side"], which, reported, exact)
+            assert reported is not None
+            assert reported <= exact + 0.5, where
+            assert abs(reported - exact) <= 1.0, where

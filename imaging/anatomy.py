@@ -699,24 +699,27 @@ def _channels_to_half_level(
     zz, yy, xx = np.meshgrid(*[np.arange(-r, r + 1) for r in reach], indexing="ij")
     sp = np.asarray(spacing, float)[::-1]
     ball = (zz * sp[0]) ** 2 + (yy * sp[1]) ** 2 + (xx * sp[2]) ** 2 <= CHANNEL_WALL_REACH_MM**2
-    fixed = masks["left_ilium"] | masks["right_ilium"]
     codes = masks["foramina"]
-    channels: list[tuple[str, int]] = [("canal", 0)]
-    channels += [("foramina", int(c)) for c in np.unique(codes[codes > 0])]
-    for name, code in channels:
-        mask = masks["canal"] if name == "canal" else codes == code
-        nz = [np.flatnonzero(mask.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
-        if not len(nz[0]):
-            continue
+    # each channel's bounding box, without a crop-sized temporary (the masks are sparse)
+    found: list[tuple[str, int, tuple[slice, ...] | None]] = []
+    canal_nz = [np.flatnonzero(masks["canal"].any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1))]
+    if len(canal_nz[0]):
+        found.append(("canal", 0, tuple(slice(int(n[0]), int(n[-1]) + 1) for n in canal_nz)))
+    for code, where in enumerate(ndi.find_objects(codes), start=1):
+        if where is not None:
+            found.append(("foramina", code, where))
+    for name, code, where in found:
+        assert where is not None
         box = tuple(
-            slice(max(int(n[0]) - r - 1, 0), int(n[-1]) + r + 2)
-            for n, r in zip(nz, reach, strict=True)
+            slice(max(w.start - r - 1, 0), w.stop + r + 1)
+            for w, r in zip(where, reach, strict=True)
         )
-        m = mask[box]
+        m = masks["canal"][box] if name == "canal" else codes[box] == code
         sub = np.asarray(hu[box], dtype=np.float32)
         contents = float(np.median(sub[m]))
         wall = ndi.maximum_filter(sub, footprint=ball, mode="nearest")
-        taken = fixed[box] | masks["canal"][box] | (codes[box] > 0)
+        fixed = masks["left_ilium"][box] | masks["right_ilium"][box]
+        taken = fixed | masks["canal"][box] | (codes[box] > 0)
         ring = ndi.binary_dilation(m, st) & ~m & ~taken
         half = 0.5 * (contents + wall)
         # the half level is crossed between the voxel and a neighbour: the voxel is on the

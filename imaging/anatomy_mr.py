@@ -138,7 +138,8 @@ class MrAnatomyParams:
         marrow joined to them through a leak (a cortex the slices missed in places): an
         enclosed part whose front to the rest is under ``leak_fraction`` of its edge.
     min_piece_ml : float
-        Narrow enclosed components smaller than this are not bone pieces (fat pockets).
+        Narrow enclosed components smaller than this (with the touching components of
+        their kind) are not bone pieces (fat pockets).
     beyond_mm : tuple of float
         Band (from, to) around a narrow enclosed component where marrow is looked for.
     channel_fraction : float
@@ -612,8 +613,16 @@ def _marrow(
             np.where(piece_voxels, grown, 0), keep[grown], count, spacing, params=p
         )
         sizes = np.bincount(grown[piece_voxels], minlength=count + 1)
-        big = sizes * float(np.prod(spacing)) >= 1000.0 * p.min_piece_ml
-        keep |= pieces & joined & big & (around < p.channel_fraction)
+        bone_like = pieces & joined & (around < p.channel_fraction)
+        # the guard cuts a thin bone (a spinous process) into pieces smaller than a fat
+        # pocket: pieces of that kind touching one another are judged by their total size
+        groups, _ = ndi.label(bone_like[grown])
+        group_of = np.zeros(count + 1, dtype=np.int64)
+        group_of[grown[groups > 0]] = groups[groups > 0]
+        totals = np.bincount(group_of, weights=sizes * bone_like)
+        totals[0] = 0.0
+        big = totals[group_of] * float(np.prod(spacing)) >= 1000.0 * p.min_piece_ml
+        keep |= bone_like & big
         channel = pieces & (around >= p.channel_fraction)
     # a channel wide enough to hold a core (the lower sacral canal's epidural fat below the
     # thecal sac) is enclosed too, but has the marrow of other pieces all around it

@@ -333,12 +333,57 @@ def danger_surfaces(case: Case, *, canal: np.ndarray | None = None) -> DangerSur
         canal = canal_with_lumbar(m.masks["canal"], m.image)
     envelope = _Envelope(case)
     surfaces = {name: StructureSurface.from_mask(mask, m.image) for name, mask in foramina.items()}
+    lesion = _lesion_on_crop(case) if case.lesion is not None else None
     channels = {}
     for f in found:
         radius = max(f.radius_mm, wall_radius(surfaces[f.name], f.center_lps, f.axis))
+        if lesion is not None:
+            cut = _outside_channel(foramina[f.name], lesion, f.center_lps, f.axis, radius, m.image)
+            if cut is not None:
+                surfaces[f.name] = StructureSurface.from_mask(foramina[f.name] & ~cut, m.image)
         channels[f.name] = foramen_exits(f.center_lps, f.axis, radius, envelope, m.image)
     canal_surface = StructureSurface.from_mask(canal, m.image) if canal.any() else None
     return DangerSurfaces(surfaces, canal_surface, channels)
+
+
+#: Inside a lesion, a foramen's wall is taken this far outside its channel's radius (mm).
+FORAMEN_IN_LESION_SLACK_MM = 0.3
+
+
+def _outside_channel(
+    mask: np.ndarray,
+    lesion: np.ndarray,
+    center: np.ndarray,
+    axis: np.ndarray,
+    radius_mm: float,
+    grid: Volume,
+) -> np.ndarray | None:
+    """Voxels of a foramen's ``mask`` in or next to (one voxel) the ``lesion`` (nonzero inside)
+    whose centres lie more than ``FORAMEN_IN_LESION_SLACK_MM`` outside its channel
+    (``center``, ``axis``, ``radius_mm``; LPS mm), both masks on ``grid``'s array; None when
+    there are none.
+
+    Where a lesion has eroded a foramen's wall, the wall cannot be seen and the channel's
+    mask, grown over the dark wall voxels it lost to the search, runs on into the lesion;
+    there the fitted channel is the best estimate of the nerve's edge.
+    """
+    extent = _extent(mask)
+    if extent is None:
+        return None
+    box = _slices(np.maximum(extent[0] - 1, 0), extent[1] + 1)
+    near = mask[box] & ndi.binary_dilation(lesion[box] > 0, structure=np.ones((3, 3, 3), bool))
+    if not near.any():
+        return None
+    kji = np.argwhere(near) + np.array([b.start for b in box])
+    rel = grid.index_to_world(kji[:, ::-1].astype(np.float64)) - np.asarray(center, float)
+    unit = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    radial = np.linalg.norm(rel - (rel @ unit)[:, None] * unit, axis=1)
+    far = kji[radial > radius_mm + FORAMEN_IN_LESION_SLACK_MM]
+    if not len(far):
+        return None
+    out = np.zeros(mask.shape, dtype=bool)
+    out[tuple(far.T)] = True
+    return out
 
 
 def wall_radius(surface: StructureSurface, center: np.ndarray, axis: np.ndarray) -> float:

@@ -128,3 +128,27 @@ def test_lower_sacral_canal_is_found_on_thick_slices():
     found = ours[kji[lower, 0], kji[lower, 1], kji[lower, 2]]
     print(f"\nlower sacral canal found: {found.mean():.3f}")
     assert found.mean() >= 0.9
+
+
+def test_a_thin_spinous_process_is_bone_not_canal():
+    """A spinous process thinner than a marrow core is cut by the guard into pieces smaller
+    than a fat pocket: together they are bone, and the canal behind them stays the canal."""
+    from imaging.phantom import exact_distance_to_canal
+
+    phantom = make_phantom(
+        lesion="right_ala_s1",
+        modality="mr",
+        spacing_mm=(1.0, 1.0, 2.0),
+        rotation_deg=(-5.0, 5.0, 5.0),
+        scale=0.94,
+        seed=5,
+    )
+    anatomy = segment_anatomy_mr(phantom.image)
+    image = phantom.image
+    kji = np.argwhere(anatomy.paste("canal", image).array > 0)
+    points = image.index_to_world(kji[:, ::-1].astype(np.float64))
+    beyond = exact_distance_to_canal(points, phantom.truth) > 1.5
+    on_sacrum = phantom.labels.array[tuple(kji[beyond].T)] == Label.SACRUM
+    print(f"\ncanal voxels over 1.5 mm outside the canal: {beyond.sum()} of {len(kji)}")
+    assert beyond.sum() < 0.02 * len(kji)
+    assert on_sacrum.sum() < 100

@@ -165,7 +165,9 @@ def test_lumbar_canal_is_followed_in_ct_and_mr(oblique_plan):
 
 #: Phantoms with other proportions, grids and rotations than the sample's: a sacral-body
 #: lesion whose posterior long-axis needles pass the dorsal mouth of the S4 foramen (under its
-#: overhanging lip), and a smaller ala lesion on a rotated thick-slice grid.
+#: overhanging lip), a smaller ala lesion on a rotated thick-slice grid, a lesion that has
+#: eroded the wall of the S1 and S2 foramina (their masks must not follow it), and an MR
+#: whose thin spinous process must stay bone (not a channel joining the canal).
 OTHER_PROPORTIONS = {
     "s1_body_tilted": {
         "lesion": "s1_body",
@@ -181,12 +183,27 @@ OTHER_PROPORTIONS = {
         "scale": 1.08,
         "seed": 1,
     },
+    "large_foramen_eroded": {
+        "lesion": "large_foramen",
+        "spacing_mm": (1.0, 1.1, 1.6),
+        "rotation_deg": (5.0, 0.0, -6.0),
+        "scale": 0.95,
+        "seed": 3,
+    },
+    "ala_s1_mr_spinous": {
+        "lesion": "right_ala_s1",
+        "modality": "mr",
+        "spacing_mm": (1.0, 1.0, 2.0),
+        "rotation_deg": (-5.0, 5.0, 5.0),
+        "scale": 0.94,
+        "seed": 5,
+    },
 }
 
 
 @pytest.mark.parametrize("name", sorted(OTHER_PROPORTIONS))
 def test_candidates_on_other_proportions_agree_with_exact_geometry(name):
-    ph = make_phantom(modality="ct", **OTHER_PROPORTIONS[name])
+    ph = make_phantom(**{"modality": "ct", **OTHER_PROPORTIONS[name]})
     case = Case(image=ph.image, source=f"sample:{name}", sample_truth=ph.truth)
     case.find_anatomy()
     case.grow_lesion(ph.truth.lesion.center_lps)

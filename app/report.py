@@ -947,7 +947,7 @@ def write_report(
         raise SacroplanError(f"the folder of the report does not exist: {out.parent}")
     if out.is_dir():
         raise SacroplanError(f"{out} is a folder, not a file")
-    from app.report_fluoro import FLUORO_PREFIX
+    from app.report_fluoro import FLUORO_PREFIX, FluoroFigures
 
     notes: list[str] = []
     pictures = dict(images or {})

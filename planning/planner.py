@@ -10,13 +10,11 @@ suggestion with reasons, cement and (optionally) RFA, all in a :class:`~planning
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numba
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -24,7 +22,7 @@ from geometry.distance import DistanceField, signed_distance_mm, sub_grid_origin
 from geometry.fieldstack import FieldStack, FieldStackBuilder, QuantizedField
 from geometry.kernels import NeedleScores, score_needles, score_one
 from geometry.pooling import pool_labels, pool_mask
-from geometry.rays import exit_distance_mm
+from geometry.rays import distance_to_packed_mm, exit_distance_mm
 from imaging.anatomy_grid import label_masks, release_free_memory, sparse_zeros
 from imaging.canal_lumbar import NOT_IMAGES, follow_lumbar_canal
 from imaging.errors import OperationCancelledError, SacroplanError
@@ -695,54 +693,6 @@ def _entry_context(
     )
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _march_to_bone(
-    bone: np.ndarray,
-    offset: np.ndarray,
-    shape: np.ndarray,
-    a: np.ndarray,
-    starts: np.ndarray,
-    dirs: np.ndarray,
-    step_mm: float,
-    max_mm: float,
-    out: np.ndarray,
-) -> None:
-    """:func:`geometry.rays.exit_distance_mm` through "not bone" on a study of ``shape``
-    (k, j, i) whose bone lies in a box at ``offset`` (k, j, i, and the box's width I): the same
-    samples, a ray stops at the first bone voxel or off the study grid. ``bone`` holds the box's
-    voxels as bits along i (``np.packbits`` order)."""
-    nk, nj, ni = shape[0], shape[1], shape[2]
-    bk, bj = bone.shape[0], bone.shape[1]
-    k0, j0, i0, bi = offset[0], offset[1], offset[2], offset[3]
-    n_steps = int(max_mm / step_mm) + 1
-    for n in numba.prange(starts.shape[0]):
-        px = a[0, 0] * starts[n, 0] + a[0, 1] * starts[n, 1] + a[0, 2] * starts[n, 2] + a[0, 3]
-        py = a[1, 0] * starts[n, 0] + a[1, 1] * starts[n, 1] + a[1, 2] * starts[n, 2] + a[1, 3]
-        pz = a[2, 0] * starts[n, 0] + a[2, 1] * starts[n, 1] + a[2, 2] * starts[n, 2] + a[2, 3]
-        qx = a[0, 0] * dirs[n, 0] + a[0, 1] * dirs[n, 1] + a[0, 2] * dirs[n, 2]
-        qy = a[1, 0] * dirs[n, 0] + a[1, 1] * dirs[n, 1] + a[1, 2] * dirs[n, 2]
-        qz = a[2, 0] * dirs[n, 0] + a[2, 1] * dirs[n, 1] + a[2, 2] * dirs[n, 2]
-        result = math.nan
-        for s in range(n_steps):
-            t = s * step_mm
-            i = int(math.floor(px + t * qx + 0.5))
-            j = int(math.floor(py + t * qy + 0.5))
-            k = int(math.floor(pz + t * qz + 0.5))
-            if i < 0 or j < 0 or k < 0 or i >= ni or j >= nj or k >= nk:
-                result = t
-                break
-            bi_, bj_, bk_ = i - i0, j - j0, k - k0
-            if (
-                0 <= bi_ < bi
-                and 0 <= bj_ < bj
-                and 0 <= bk_ < bk
-                and (bone[bk_, bj_, bi_ >> 3] >> (7 - (bi_ & 7))) & 1
-            ):
-                result = t
-                break
-        out[n] = result
-
-
 def _extent(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """``(lo, hi)`` (k, j, i) of the nonzero voxels' bounding box (hi exclusive), or None."""
     lo, hi = [], []
@@ -822,19 +772,16 @@ class _BoneProbe:
 
     def distance(self, entries: np.ndarray, dirs: np.ndarray) -> np.ndarray:
         """Distance (mm) from each skin entry along its direction to the first bone voxel."""
-        out = np.empty(len(entries), dtype=np.float64)
-        _march_to_bone(
+        return distance_to_packed_mm(
             self.bone,
             self.offset,
             self.shape,
-            np.ascontiguousarray(self.world_to_index, dtype=np.float64),
-            np.ascontiguousarray(entries, dtype=np.float64),
-            np.ascontiguousarray(dirs, dtype=np.float64),
-            0.5,
-            300.0,
-            out,
+            self.world_to_index,
+            entries,
+            dirs,
+            step_mm=0.5,
+            max_mm=300.0,
         )
-        return out
 
 
 # -- the search --------------------------------------------------------------------------------
